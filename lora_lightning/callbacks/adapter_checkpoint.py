@@ -1,0 +1,88 @@
+"""Exports the adapter alone, in peft's format, for the best validation loss and at the end.
+
+``<dirpath>/adapter/`` (best) and ``<dirpath>/adapter_last/`` each hold ``adapter_config.json``,
+``adapter_model.safetensors``, the tokenizer files and ``training_history.json``: a folder that
+plain ``PeftModel.from_pretrained(base, folder)`` loads. With ``model.lora=false`` the whole
+model is exported instead, as a Transformers folder (``model/`` and ``model_last/``).
+Each export is written to a temporary folder and renamed into place, so a crash mid-write never
+leaves a half-written adapter where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from lora_lightning.atomic_write import atomic_folder
+
+
+class AdapterCheckpoint(Callback):
+    """Writes only the adapter (peft format) plus tokenizer and loss history.
+
+    Args:
+        dirpath: Run folder the exports go under; the CLI links it to ``trainer.default_root_dir``.
+        monitor: Logged metric that decides which export is the best.
+        save_last: Also export the final weights at the end of fit.
+    """
+
+    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss", save_last: bool = True):
+        self.dirpath = dirpath
+        self.monitor = monitor
+        self.save_last = save_last
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self._started = time.monotonic()
+
+    def root(self, trainer: Trainer) -> Path:
+        return Path(self.dirpath or trainer.default_root_dir)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if self.best_score is None or score < self.best_score:
+            self.best_score, self.best_step = score, trainer.global_step
+            self.export(trainer, pl_module, "best")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.save_last:
+            self.export(trainer, pl_module, "last")
+
+    def folder(self, trainer: Trainer, pl_module: Any, which: str) -> Path:
+        kind = "adapter" if getattr(pl_module, "is_lora", True) else "model"
+        return self.root(trainer) / (kind if which == "best" else f"{kind}_last")
+
+    @rank_zero_only
+    def export(self, trainer: Trainer, pl_module: Any, which: str) -> Path:
+        target = self.folder(trainer, pl_module, which)
+        with atomic_folder(target) as tmp:
+            pl_module.model.save_pretrained(tmp, safe_serialization=True)
+            pl_module.tokenizer.save_pretrained(tmp)
+            history = {
+                "base_model": pl_module.base_model_path,
+                "global_step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+                "best_val_loss": self.best_score,
+                "best_step": self.best_step,
+                "train_seconds": round(time.monotonic() - self._started, 1),
+                "data": getattr(trainer.datamodule, "stats", None) if trainer.datamodule is not None else None,
+                **pl_module.loss_history,
+            }
+            (tmp / "training_history.json").write_text(json.dumps(history, indent=1))
+        rank_zero_info(f"Exported {which} {target.name} (step {trainer.global_step}) to {target}")
+        return target
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_step = state_dict.get("best_step")

@@ -1,0 +1,97 @@
+"""``lora-lightning``: LightningCLI over LoRAModule and FlanDataModule, plus ``generate``.
+
+    lora-lightning fit --config configs/default.yaml [--model.lora_r 8 --data.max_examples_per_task 500 ...]
+    lora-lightning fit --config configs/default.yaml --ckpt_path last        # resume
+    lora-lightning validate --config configs/default.yaml
+    lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
+
+Every run writes under ``trainer.default_root_dir`` (``checkpoints/<run>``): ``adapter/`` (best
+validation loss) and ``adapter_last/`` in peft format, ``ckpt/`` (Lightning checkpoints holding only
+trainable weights and optimizer state) and ``lightning_logs/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lora_lightning.callbacks import AdapterCheckpoint
+from lora_lightning.data import FlanDataModule
+from lora_lightning.errors import UserInputError
+from lora_lightning.model import LoRAModule
+
+PROG = "lora-lightning"
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Argument errors (unknown key, wrong type) as one line and exit status 2, without the usage dump."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        fail(f"{' '.join(message.split())} (see `{PROG} <command> --help`)")
+
+
+class LoRALightningCLI(LightningCLI):
+    """The Lightning CLI with the run layout under ``trainer.default_root_dir`` wired in."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(AdapterCheckpoint, "adapter_export")
+        parser.set_defaults({
+            "trainer.default_root_dir": "checkpoints/default",
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_top_k": 1,
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{step}",
+        })
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=ckpt_dir)
+        parser.link_arguments("trainer.default_root_dir", "adapter_export.dirpath")
+        for key in ("trust_remote_code", "base_cache_dir"):
+            parser.link_arguments(f"model.{key}", f"data.{key}")
+        parser.link_arguments("model.model_name", "data.tokenizer")
+
+
+def ckpt_dir(root: str | None) -> str:
+    return os.path.join(root or ".", "ckpt")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_generate(argv: list[str]) -> None:
+    from jsonargparse import CLI
+
+    from lora_lightning.model.inference import generate_command
+
+    CLI(generate_command, args=argv, prog=f"{PROG} generate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lora-lightning`` and ``python -m lora_lightning``."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "generate":
+            run_generate(argv[1:])
+            return
+        LoRALightningCLI(
+            LoRAModule, FlanDataModule, parser_class=OneLineErrorParser, seed_everything_default=42,
+            auto_configure_optimizers=False, args=argv,
+            parser_kwargs={"prog": PROG, "description": "LoRA instruction tuning on PyTorch Lightning. "
+                           "Subcommands: fit, validate, test, predict, generate."},
+        )
+    except UserInputError as err:
+        fail(str(err))
+    except FileNotFoundError as err:
+        fail(str(err).strip().splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

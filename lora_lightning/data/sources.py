@@ -1,0 +1,93 @@
+"""Where a task's rows come from: the bundled demo mix, the Hugging Face Hub, or local files.
+
+All three go through ``datasets.load_dataset``, so Hub and local data are read, cached and typed
+the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from lora_lightning.data.tasks import TaskSpec
+from lora_lightning.errors import UserInputError
+
+DEMO_DIR = Path(__file__).parent / "demo"
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+class DataSourceError(UserInputError):
+    """Data that cannot be found or read; the message names the task and the file."""
+
+
+def normalize_data_files(task: str, spec: str | Mapping[str, str]) -> dict[str, str]:
+    """``path`` (a train file) or ``{split: path}`` → ``{split: path}``, checked to exist."""
+    files = {"train": spec} if isinstance(spec, str) else dict(spec)
+    for split, path in files.items():
+        if split not in SPLITS:
+            raise DataSourceError(f"task {task!r}: data file split {split!r} is not one of {', '.join(SPLITS)}")
+        suffix = Path(path).suffix.lower()
+        if suffix not in FILE_BUILDERS:
+            raise DataSourceError(f"task {task!r}: {path!r} is not a .jsonl, .json, .csv or .parquet file")
+        if not Path(path).is_file():
+            raise DataSourceError(f"task {task!r}: data file {path!r} does not exist")
+    return files
+
+
+def demo_files(task: TaskSpec) -> dict[str, str]:
+    folder = DEMO_DIR / task.name
+    files = {split: str(folder / f"{split}.jsonl") for split in SPLITS if (folder / f"{split}.jsonl").is_file()}
+    if "train" not in files:
+        demo = ", ".join(sorted(p.name for p in DEMO_DIR.iterdir() if p.is_dir()))
+        raise DataSourceError(f"task {task.name!r} has no bundled demo data (demo tasks: {demo}); "
+                              f"use data.source=hub or give data.data_files.{task.name}")
+    return files
+
+
+def load_file(task: TaskSpec, path: str) -> Any:
+    import datasets
+
+    builder = FILE_BUILDERS[Path(path).suffix.lower()]
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise DataSourceError(f"task {task.name!r}: cannot read {path!r}: {str(err).strip().splitlines()[0]}") from None
+    return check_columns(task, ds, path)
+
+
+def load_hub(task: TaskSpec, split: str) -> Any:
+    import datasets
+
+    hub_split = task.splits.get(split)
+    if not task.hub_path or not hub_split:
+        raise DataSourceError(f"task {task.name!r} has no Hub {split} split")
+    try:
+        ds = datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
+    except Exception as err:
+        raise DataSourceError(f"task {task.name!r}: cannot load {task.hub_path!r} split {hub_split!r} from the Hub "
+                              f"({str(err).strip().splitlines()[0]}); without network use data.source=demo "
+                              "or local data.data_files") from None
+    return check_columns(task, ds, task.hub_path)
+
+
+def check_columns(task: TaskSpec, ds: Any, origin: str) -> Any:
+    missing = [c for c in task.columns if c not in ds.column_names]
+    if missing:
+        raise DataSourceError(f"task {task.name!r}: {origin!r} lacks column(s) {', '.join(missing)} "
+                              f"(it has {', '.join(ds.column_names)})")
+    if len(ds) == 0:
+        raise DataSourceError(f"task {task.name!r}: {origin!r} has no rows")
+    return ds
+
+
+def load_task_splits(task: TaskSpec, source: str, files: Mapping[str, str] | None,
+                     wanted: tuple[str, ...] = ("train", "validation")) -> dict[str, Any]:
+    """Those of the ``wanted`` splits the task has, as ``datasets.Dataset`` objects."""
+    if files is None and source == "demo":
+        files = demo_files(task)
+    if files is not None:
+        return {split: load_file(task, path) for split, path in files.items() if split in wanted}
+    if source == "hub":
+        return {split: load_hub(task, split) for split in wanted if task.splits.get(split)}
+    raise DataSourceError(f"data.source must be 'demo' or 'hub', got {source!r}")

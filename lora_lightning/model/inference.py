@@ -1,0 +1,87 @@
+"""Loading a trained adapter onto its base, and generating from prompts.
+
+The prompt is formatted as in training (prompt, then the separator, then the model continues),
+and generation stops at EOS: the adapter was trained to end every completion with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, ModelLoadError, load_causal_lm, load_tokenizer,
+                                          resolve_model_path)
+
+SEPARATOR = "\n"
+
+
+def adapter_base(lora_adapter_path: str | Path) -> str:
+    """The base model an adapter folder names (``base_model_name_or_path`` of its config)."""
+    config = Path(lora_adapter_path) / "adapter_config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"{str(lora_adapter_path)!r} is not an adapter folder (no adapter_config.json)")
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{config} does not name its base model; pass the base explicitly")
+    return base
+
+
+def load_lora_model(base_model_path: str | None, lora_adapter_path: str | Path, device: str | torch.device = "cpu",
+                    trust_remote_code: bool = False, base_cache_dir: str = DEFAULT_BASE_CACHE) -> Any:
+    """Base model plus adapter, ready for inference (the guide's ``load_lora_model``).
+
+    ``base_model_path`` may be None to use the base the adapter names.
+    """
+    from peft import PeftModel
+
+    base = resolve_model_path(base_model_path or adapter_base(lora_adapter_path), base_cache_dir)
+    model = load_causal_lm(base, trust_remote_code)
+    try:
+        model = PeftModel.from_pretrained(model, str(lora_adapter_path))
+    except (ValueError, RuntimeError, OSError) as err:
+        raise ModelLoadError(f"adapter {str(lora_adapter_path)!r} does not fit base {base!r}: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 64,
+             temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+    """Completions for ``prompts``, batched with left padding; greedy when temperature is 0."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [p + SEPARATOR for p in prompts[start:start + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **sampling)
+        new = out[:, enc["input_ids"].shape[1]:]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+def generate_command(prompt: str, adapter: str, base: str | None = None, max_new_tokens: int = 64,
+                     temperature: float = 0.0, top_p: float = 1.0, device: str = "cpu",
+                     base_cache_dir: str = DEFAULT_BASE_CACHE) -> str:
+    """Generate a completion for one prompt with a trained adapter.
+
+    Args:
+        prompt: The instruction, e.g. a FLAN-style question with its OPTIONS block.
+        adapter: Adapter folder written by training (e.g. checkpoints/default/adapter).
+        base: Base model; by default the one the adapter names.
+        max_new_tokens: Most tokens to generate.
+        temperature: 0 for greedy decoding; above 0 samples.
+        top_p: Nucleus sampling mass (with temperature > 0).
+        device: cpu, cuda, cuda:1, ...
+        base_cache_dir: Cache of converted GGUF models.
+    """
+    model = load_lora_model(base, adapter, device, base_cache_dir=base_cache_dir)
+    tokenizer = load_tokenizer(adapter)
+    text = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p)[0]
+    print(text)
+    return text

@@ -1,0 +1,57 @@
+"""Causal-LM loss computed only where it counts.
+
+The LM head (vocabulary-sized) and the cross-entropy are applied only at positions whose label is
+not -100, a chunk at a time, so the full ``batch x length x vocab`` logits tensor is never built.
+For instruction data, where the completion is a few tokens of a long prompt, that removes most of
+the head's FLOPs and memory. Models that transform their logits after the head fall back to the
+plain full-logits path, so the loss is always the model's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lora_lightning.data.tokenization import IGNORE_INDEX
+
+# Config attributes of models whose logits are not just ``lm_head(hidden)``.
+LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def unwrap_causal_lm(model: Any) -> Any:
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_completion_only_head(model: Any) -> bool:
+    hf = unwrap_causal_lm(model)
+    if any(getattr(hf.config, a, None) not in (None, 1, 1.0) for a in LOGIT_TRANSFORM_ATTRS):
+        return False
+    return hf.get_output_embeddings() is not None and hf.base_model is not hf
+
+
+def completion_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    chunk_tokens: int = 2048, completion_only_head: bool = True) -> tuple[torch.Tensor, int]:
+    """Sum of token cross-entropies over labelled positions, and their count.
+
+    Returning the sum (not the mean) lets callers average over tokens across batches and devices.
+    """
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    targets = shift_labels[mask]
+    count = int(targets.numel())
+    if not (completion_only_head and supports_completion_only_head(model)):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="sum")
+        return loss, count
+    hf = unwrap_causal_lm(model)
+    hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    picked = hidden[:, :-1][mask]
+    head = hf.get_output_embeddings()
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, count, chunk_tokens):
+        logits = head(picked[start:start + chunk_tokens]).float()
+        loss = loss + F.cross_entropy(logits, targets[start:start + chunk_tokens], reduction="sum")
+    return loss, count

@@ -1,0 +1,192 @@
+"""The LightningModule: a causal LM wrapped with peft LoRA (or fully fine-tuned), and its training.
+
+The Trainer does device placement, mixed precision, gradient accumulation and clipping; this
+module owns the model, the loss, the optimizer and what gets logged. Checkpoints hold only the
+trainable weights (the adapter), never the frozen base.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+
+from lora_lightning.errors import UserInputError
+from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_causal_lm, load_tokenizer,
+                                          resolve_model_path)
+from lora_lightning.model.lora import apply_lora, check_lora_settings
+from lora_lightning.model.loss import completion_loss
+from lora_lightning.model.optim import decay_groups, warmup_then_decay
+
+
+class CheckpointMismatchError(UserInputError):
+    """A checkpoint whose weights do not fit this module's trainable parameters."""
+
+
+class LoRAModule(LightningModule):
+    """LoRA (or full) fine-tuning of a causal language model on prompt/completion batches.
+
+    Args:
+        model_name: Base model: a Hub id (``openai-community/gpt2-medium``), a local Transformers
+            folder, a ``.gguf`` file, or ``smollm2-135m-instruct`` (embedded, offline).
+        lora: Train a LoRA adapter (True) or fine-tune every weight (False, the guide's non-LoRA mode).
+        lora_r: LoRA rank (the guide's ``--lora_r``).
+        lora_alpha: LoRA scaling numerator; the update is scaled by alpha / r (or alpha / sqrt(r) with rsLoRA).
+        lora_dropout: Dropout on the LoRA input, in [0, 1).
+        lora_bias: Which biases train: ``none``, ``all`` or ``lora_only``.
+        target_modules: ``auto`` (per architecture: gpt2 c_attn,c_proj; gpt_neox query_key_value;
+            llama q_proj,v_proj), ``all-linear``, or a list of module names.
+        use_rslora: Rank-stabilised LoRA scaling (alpha / sqrt(r)).
+        use_dora: Weight-decomposed LoRA (DoRA).
+        learning_rate: Peak AdamW learning rate, reached after warmup.
+        weight_decay: AdamW weight decay for matrices (biases and norms get none).
+        warmup_ratio: Share of the optimizer steps spent warming the learning rate up from 0.
+        lr_schedule: Decay after warmup: ``linear`` or ``cosine``, down to 0 at the last step.
+        gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
+        completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
+        trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
+        base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
+    """
+
+    def __init__(
+        self,
+        model_name: str = EMBEDDED_MODEL,
+        lora: bool = True,
+        lora_r: int = 16,
+        lora_alpha: float = 32.0,
+        lora_dropout: float = 0.1,
+        lora_bias: Literal["none", "all", "lora_only"] = "none",
+        target_modules: str | list[str] = "auto",
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.06,
+        lr_schedule: Literal["linear", "cosine"] = "linear",
+        gradient_checkpointing: bool = False,
+        completion_only_head: bool = True,
+        trust_remote_code: bool = False,
+        base_cache_dir: str = DEFAULT_BASE_CACHE,
+    ):
+        super().__init__()
+        if lora:
+            check_lora_settings(lora_r, lora_alpha, lora_dropout, lora_bias)
+        if learning_rate <= 0:
+            raise UserInputError(f"learning_rate must be positive, got {learning_rate!r}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise UserInputError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+        self.save_hyperparameters()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.base_model_path: str | None = None
+        # Checkpoints carry only trainable weights; loading checks them in on_load_checkpoint.
+        self.strict_loading = False
+        self.val_loss = MeanMetric()
+        self.last_val_loss: float | None = None
+        self.loss_history: dict[str, list] = {"train_loss": [], "val_loss": []}
+
+    # -- model -------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Loads the base and adds LoRA; called by the Trainer (once) before fit/validate/test."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.base_model_path = resolve_model_path(hp.model_name, hp.base_cache_dir)
+        self.tokenizer = load_tokenizer(self.base_model_path, hp.trust_remote_code)
+        model = load_causal_lm(self.base_model_path, hp.trust_remote_code)
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.lora:
+            model = apply_lora(model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_bias,
+                               hp.target_modules, hp.use_rslora, hp.use_dora)
+        self.model = model.train()  # from_pretrained returns eval mode; the Trainer switches modes per loop
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        rank_zero_info(f"Model {hp.model_name}: {trainable:,} trainable of {total:,} parameters "
+                       f"({100 * trainable / total:.2f}%)")
+
+    @property
+    def is_lora(self) -> bool:
+        return bool(self.hparams.lora)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        loss_sum, count = completion_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                          completion_only_head=self.hparams.completion_only_head)
+        return loss_sum / max(count, 1), count
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, count = self._loss(batch)
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)), batch_size=bs)
+        self.log("train/completion_tokens", float(count), reduce_fx="sum", batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.loss_history["train_loss"].append([self.global_step, float(loss.detach())])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, count = self._loss(batch)
+        self.val_loss.update(loss.detach(), weight=count)
+
+    def on_validation_epoch_end(self) -> None:
+        value = float(self.val_loss.compute())
+        self.val_loss.reset()
+        self.last_val_loss = value
+        self.loss_history["val_loss"].append([self.global_step, value])
+        if self.trainer.sanity_checking:
+            # Lightning discards logs made during the sanity check; this one is the "before
+            # training" point of the validation curve, so it goes to the logger directly.
+            rank_zero_info(f"Validation loss before training (step {self.global_step}): {value:.4f}")
+            for logger in self.loggers:
+                logger.log_metrics({"val/loss": value, "val/ppl": math.exp(min(value, 50))}, step=self.global_step)
+            return
+        self.log("val/loss", value, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", math.exp(min(value, 50)))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm)
+
+    # -- optimizer ---------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(decay_groups(self.model.named_parameters(), hp.weight_decay), lr=hp.learning_rate)
+        scheduler = warmup_then_decay(optimizer, hp.lr_schedule, int(self.trainer.estimated_stepping_batches),
+                                      hp.warmup_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: trainable weights only -------------------------------------------------
+
+    def trainable_names(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["loss_history"] = self.loss_history
+        checkpoint["base_model_path"] = self.base_model_path
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self.trainable_names() - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise CheckpointMismatchError(
+                f"checkpoint lacks {len(missing)} trainable weights of this model (first: {missing[0]}); "
+                "it was written for another base model or LoRA setting")
+        self.loss_history = checkpoint.get("loss_history", self.loss_history)

@@ -1,0 +1,99 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer and tiny random GPT-2, GPT-NeoX and Llama models.
+
+Everything is built from configs on the spot (no downloads): the tokenizer is trained on a few
+hundred sentences in well under a second, the models have two layers of width 64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO = REPO / "lora_lightning" / "data" / "demo"
+EOS = "<|endoftext|>"
+ARCHS = ("gpt2", "gpt_neox", "llama")
+
+
+def corpus() -> list[str]:
+    """Text to train the tiny tokenizer on: the demo data and the task templates."""
+    lines = []
+    for path in sorted(DEMO.glob("*/*.jsonl")):
+        for row in path.read_text().splitlines():
+            lines += [str(v) for v in json.loads(row).values()]
+    for path in sorted((REPO / "lora_lightning" / "data" / "tasks").glob("*.yaml")):
+        lines.append(path.read_text())
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1000):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(), trainer)
+    # No pad token on purpose: like GPT-2 and Pythia, the project must fall back to EOS.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def build_model(arch: str, vocab_size: int, eos_id: int):
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, eos_token_id=eos_id, bos_token_id=eos_id)
+    config = {
+        "gpt2": lambda: GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=512, **common),
+        "gpt_neox": lambda: GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=128, max_position_embeddings=512, **common),
+        "llama": lambda: LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                     intermediate_size=128, max_position_embeddings=512, tie_word_embeddings=False,
+                                     **common),
+    }[arch]()
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """arch -> folder with a tiny random model and the tiny tokenizer, saved as a user would have it."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    folders = {}
+    for arch in ARCHS:
+        folder = root / arch
+        build_model(arch, len(tokenizer), tokenizer.eos_token_id).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[arch] = folder
+    return folders
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m lora_lightning ARGS`` as a user runs it, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "lora_lightning", *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def needs_shared_data(task: str) -> Path:
+    path = SHARED_DATA / f"{task}.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: real Hub-format rows are a developer fixture, not shipped to users")
+    return path
