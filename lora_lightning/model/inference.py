@@ -65,7 +65,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     return outputs
 
 
-def generate_command(prompt: str, adapter: str, base: str | None = None, max_new_tokens: int = 64,
+def generate_command(*, prompt: str, adapter: str, base: str | None = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, device: str = "cpu",
                      base_cache_dir: str = DEFAULT_BASE_CACHE) -> str:
     """Generate a completion for one prompt with a trained adapter.

@@ -1,0 +1,147 @@
+"""``lora-lightning`` run as a user runs it: fit end to end on a tiny Llama, exports, resume, errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def fit_args(model: Path, root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", "configs/default.yaml", "--model.model_name", str(model), "--model.lora_r", "4",
+            "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
+            "--data.max_examples_per_task", "16", "--data.max_val_examples_per_task", "8", "--data.batch_size", "4",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_models, tmp_path_factory):
+    """One fit of the default config on the tiny Llama, then a resume of it for a second epoch."""
+    root = tmp_path_factory.mktemp("cli") / "run"
+    first = run_cli(*fit_args(tiny_models["llama"], root))
+    assert first.returncode == 0, first.stderr[-3000:]
+    history_after_first = json.loads((root / "adapter_last" / "training_history.json").read_text())
+    resumed = run_cli(*fit_args(tiny_models["llama"], root, "--trainer.max_epochs", "2",
+                                "--ckpt_path", str(root / "ckpt" / "last.ckpt")))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {"root": root, "base": tiny_models["llama"], "first_history": history_after_first}
+
+
+def test_exports_adapter_in_peft_format_with_tokenizer_and_history(run):
+    for folder in ("adapter", "adapter_last"):
+        files = {p.name for p in (run["root"] / folder).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "training_history.json"} <= files
+        assert not {f for f in files if f.endswith((".bin", ".pkl", ".pt"))}
+    config = json.loads((run["root"] / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(run["base"])
+    assert set(config["target_modules"]) == {"q_proj", "v_proj"} and config["r"] == 4
+    weights = load_file(run["root"] / "adapter" / "adapter_model.safetensors")
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+    assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # trained, not the zero init
+
+
+def test_validation_loss_is_recorded_before_and_after_training(run):
+    history = json.loads((run["root"] / "adapter_last" / "training_history.json").read_text())
+    steps = [s for s, _ in history["val_loss"]]
+    assert steps[0] == 0 and steps[-1] == history["global_step"] > 0
+    assert history["data"]["bool_q"]["train"] == 16
+    assert len(history["train_loss"]) == history["global_step"]
+
+
+def test_checkpoints_hold_only_trainable_weights(run):
+    base_bytes = (run["base"] / "model.safetensors").stat().st_size
+    ckpts = list((run["root"] / "ckpt").glob("*.ckpt"))
+    assert {c.name for c in ckpts} >= {"last.ckpt"} and len(ckpts) == 2
+    for ckpt in ckpts:
+        assert ckpt.stat().st_size < 0.10 * base_bytes
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
+        assert state["optimizer_states"] and state["lr_schedulers"]
+
+
+def test_resume_from_last_ckpt_continues_where_it_stopped(run):
+    first = run["first_history"]
+    final = json.loads((run["root"] / "adapter_last" / "training_history.json").read_text())
+    assert final["global_step"] == 2 * first["global_step"]
+    assert final["epoch"] == 2
+    steps = [s for s, _ in final["train_loss"]]
+    assert steps == list(range(1, final["global_step"] + 1))  # no step repeated or skipped across the resume
+    state = torch.load(run["root"] / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    adam_steps = {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {final["global_step"]}
+
+
+def test_plain_peft_loads_the_adapter_with_the_same_logits(run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lora_lightning.model.inference import load_lora_model
+
+    adapter = run["root"] / "adapter"
+    base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), str(adapter)).eval()
+    ours = load_lora_model(None, adapter)
+    bare = AutoModelForCausalLM.from_pretrained(base_name).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        a, b, c = plain(input_ids=ids).logits, ours(input_ids=ids).logits, bare(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)  # the adapter changes the model
+
+
+def test_tensorboard_event_files_hold_the_training_curves(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in (run["root"] / "lightning_logs").glob("version_*/events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    assert {"train/loss", "train/ppl", "train/grad_norm", "val/loss", "val/ppl", "lr-AdamW"} <= set(scalars)
+    val_steps = sorted(s for s, _ in scalars["val/loss"])
+    assert val_steps[0] == 0 and val_steps[-1] > 0
+    lrs = [v for _, v in sorted(scalars["lr-AdamW"])]
+    assert max(lrs) <= 1e-3 + 1e-9 and lrs[-1] < max(lrs)  # warmup then decay
+    assert all(v > 0 for _, v in scalars["train/loss"])
+
+
+def test_generate_command_uses_the_adapter(run):
+    out = run_cli("generate", "--adapter", str(run["root"] / "adapter"), "--prompt", "Is water wet?",
+                  "--max_new_tokens", "4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()
+
+
+def test_print_config_shows_every_section():
+    out = run_cli("fit", "--config", "configs/default.yaml", "--model.lora_r", "8", "--print_config")
+    assert out.returncode == 0, out.stderr
+    for line in ("lora_r: 8", "model_name: smollm2-135m-instruct", "default_root_dir: checkpoints/default",
+                 "- bool_q", "monitor: val/loss"):
+        assert line in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data.tasks", "[bool_q, bool_z]"], "unknown task 'bool_z'"),
+    (["--model.no_such_key", "1"], "no_such_key"),
+    (["--model.lora_r", "0"], "lora_r must be a positive integer, got 0"),
+    (["--model.lora_dropout", "1.0"], "lora_dropout must be in [0, 1), got 1.0"),
+    (["--data.data_files", "{bool_q: /no/such/file.jsonl}"], "data file '/no/such/file.jsonl' does not exist"),
+])
+def test_bad_input_gives_one_line_error_and_touches_nothing(tmp_path, tiny_models, args, message):
+    root = tmp_path / "run"
+    (root / "adapter").mkdir(parents=True)
+    (root / "adapter" / "adapter_model.safetensors").write_bytes(b"earlier good adapter")
+    out = run_cli(*fit_args(tiny_models["llama"], root), *args)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("lora-lightning: error:") and message in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["adapter", "adapter/adapter_model.safetensors"]
+    assert (root / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier good adapter"
