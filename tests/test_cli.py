@@ -145,3 +145,10 @@ def test_bad_input_gives_one_line_error_and_touches_nothing(tmp_path, tiny_model
     assert "Traceback" not in out.stderr
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["adapter", "adapter/adapter_model.safetensors"]
     assert (root / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier good adapter"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config):
+    out = run_cli("fit", "--config", f"configs/{config}", "--print_config")
+    assert out.returncode == 0, out.stderr
+    assert f"default_root_dir: checkpoints/{Path(config).stem}" in out.stdout
