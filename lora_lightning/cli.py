@@ -76,14 +76,14 @@ def run_generate(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lora-lightning`` and ``python -m lora_lightning``."""
-    argv = sys.argv[1:] if argv is None else argv
+    words = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] == "generate":
-            run_generate(argv[1:])
+        if words and words[0] == "generate":
+            run_generate(words[1:])
             return
         LoRALightningCLI(
             LoRAModule, FlanDataModule, parser_class=OneLineErrorParser, seed_everything_default=42,
-            auto_configure_optimizers=False, args=argv,
+            auto_configure_optimizers=False, args=argv,  # None: sys.argv
             parser_kwargs={"prog": PROG, "description": "LoRA instruction tuning on PyTorch Lightning. "
                            "Subcommands: fit, validate, test, predict, generate."},
         )

@@ -60,7 +60,7 @@ class LoRAModule(LightningModule):
         lora_alpha: float = 32.0,
         lora_dropout: float = 0.1,
         lora_bias: Literal["none", "all", "lora_only"] = "none",
-        target_modules: str | list[str] = "auto",
+        target_modules: list[str] | str = "auto",
         use_rslora: bool = False,
         use_dora: bool = False,
         learning_rate: float = 2e-4,
