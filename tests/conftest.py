@@ -86,7 +86,7 @@ def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m lora_lightning ARGS`` as a user runs it, offline."""
+    """``python -m lora_lightning ARGS`` as a user runs it, offline (in the repo unless ``cwd``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "lora_lightning", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -12,9 +12,13 @@ from conftest import REPO, run_cli
 pytestmark = pytest.mark.slow
 
 
+DEFAULT_CONFIG = str(REPO / "configs" / "default.yaml")
+
+
 def fit_args(model: Path, root: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", "configs/default.yaml", "--model.model_name", str(model), "--model.lora_r", "4",
-            "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
+    """A short fit of the default config on a tiny model; every output (data cache too) under ``root``."""
+    return ["fit", "--config", DEFAULT_CONFIG, "--model.model_name", str(model), "--model.lora_r", "4",
+            "--trainer.default_root_dir", str(root), "--data.cache_dir", str(root / "data_cache"), "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
             "--data.max_examples_per_task", "16", "--data.max_val_examples_per_task", "8", "--data.batch_size", "4",
             *extra]
 
@@ -120,7 +124,7 @@ def test_generate_command_uses_the_adapter(run):
 
 
 def test_print_config_shows_every_section():
-    out = run_cli("fit", "--config", "configs/default.yaml", "--model.lora_r", "8", "--print_config")
+    out = run_cli("fit", "--config", DEFAULT_CONFIG, "--model.lora_r", "8", "--print_config")
     assert out.returncode == 0, out.stderr
     for line in ("lora_r: 8", "model_name: smollm2-135m-instruct", "default_root_dir: checkpoints/default",
                  "- bool_q", "monitor: val/loss"):
@@ -144,6 +148,7 @@ def test_bad_input_gives_one_line_error_and_touches_nothing(tmp_path, tiny_model
     assert len(errors) == 1 and errors[0].startswith("lora-lightning: error:") and message in errors[0], out.stderr
     assert "Traceback" not in out.stderr
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["adapter", "adapter/adapter_model.safetensors"]
+    assert not (REPO / "checkpoints" / "run").exists()
     assert (root / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier good adapter"
 
 
@@ -152,3 +157,26 @@ def test_every_shipped_config_parses(config):
     out = run_cli("fit", "--config", f"configs/{config}", "--print_config")
     assert out.returncode == 0, out.stderr
     assert f"default_root_dir: checkpoints/{Path(config).stem}" in out.stdout
+
+
+def test_a_task_defined_only_in_yaml_trains_through_fit(tmp_path, tiny_models):
+    task = tmp_path / "capitals.yaml"
+    task.write_text(
+        "name: capitals\n"
+        "description: Name the capital of a country.\n"
+        "fields: {country: country, capital: capital, answer: {column: label, option: true}}\n"
+        "options: [no, yes]\n"
+        "metrics: [accuracy]\n"
+        "templates:\n"
+        "  - {prompt: 'What is the capital of {country}?', completion: '{capital}'}\n"
+        "  - {prompt: 'Is {capital} the capital of {country}?\\n\\n{options_}', completion: '{answer}'}\n")
+    rows = [{"country": f"Land{i}", "capital": f"City{i}", "label": 1} for i in range(30)]
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    root = tmp_path / "run"
+    out = run_cli(*fit_args(tiny_models["gpt2"], root, "--data.tasks", f"[{task}]",
+                            "--data.data_files", f"{{capitals: {data}}}"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((root / "adapter_last" / "training_history.json").read_text())
+    assert history["data"] == {"capitals": {"available": 27, "train": 16, "validation": 3, "dropped_too_long": 0}}
+    assert "Task capitals: 16 train, 3 validation examples" in out.stderr

@@ -17,7 +17,7 @@ def tiny_folder(tiny_models):
 
 def setup_with(tokenizer_folder, **kwargs):
     """A set-up datamodule using the tiny tokenizer saved in a tiny model folder."""
-    dm = FlanDataModule(tokenizer=tokenizer_folder, **kwargs)
+    dm = FlanDataModule(tokenizer=tokenizer_folder, **{"cache_dir": None, **kwargs})
     dm.setup("fit")
     return dm
 
@@ -34,15 +34,15 @@ def test_cap_per_task_and_seeded_selection(tiny_folder):
     b = setup_with(tiny_folder, max_examples_per_task=7, seed=3)
     c = setup_with(tiny_folder, max_examples_per_task=7, seed=4)
     assert a.task_counts("train") == {"bool_q": 7, "common_gen": 7, "xsum": 7}
-    assert a.train_set == b.train_set
-    assert a.train_set != c.train_set
+    assert a.train_set["input_ids"] == b.train_set["input_ids"]
+    assert a.train_set["input_ids"] != c.train_set["input_ids"]
 
 
 def test_long_examples_are_dropped_and_counted(tiny_folder):
     dm = setup_with(tiny_folder, tasks=["xsum"], max_length=48)
     # "Write an article" templates put the whole article in the completion: those cannot fit.
     assert dm.stats["xsum"]["dropped_too_long"] > 0
-    assert all(len(ex["input_ids"]) <= 48 for ex in dm.train_set + dm.val_set)
+    assert all(len(ids) <= 48 for split in (dm.train_set, dm.val_set) for ids in split["input_ids"])
     assert dm.stats["xsum"]["train"] + dm.stats["xsum"]["validation"] + dm.stats["xsum"]["dropped_too_long"] == 50
 
 
@@ -90,3 +90,58 @@ def test_missing_column_names_task_file_and_column(tiny_folder, tmp_path):
 def test_task_without_demo_data_says_how_to_get_data(tiny_folder):
     with pytest.raises(DataSourceError, match="no bundled demo data.*data.source=hub"):
         setup_with(tiny_folder, tasks=["anli"])
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", r"task 'paws': data file '.*paws.jsonl' is empty"),
+    ('{"id": 1, "sentence1": "a", "sentence2": "b", "label": 1}\n{"id": 2, "sentence1": "a", "sent',
+     r"task 'paws': cannot read '.*paws.jsonl': line 2 is not valid JSON"),
+    ('{"id": 1, "sentence1": "a", "sentence2": "b", "label": 1}\n{"id": 2, "sentence1": "a", "sentence2": "b", "label": 7}\n',
+     r"task 'paws': label 7 in column 'label' is outside the option list \['No', 'Yes'\] \(in .*paws.jsonl\)"),
+    ('{"id": 1, "sentence1": "a", "label": 1}\n',
+     r"task 'paws': '.*paws.jsonl' lacks column\(s\) sentence2"),
+])
+def test_bad_data_names_task_file_and_problem(tiny_folder, tmp_path, content, message):
+    path = write(tmp_path / "paws.jsonl", content)
+    with pytest.raises((DataSourceError, TaskError), match=message):
+        setup_with(tiny_folder, tasks=["paws"], data_files={"paws": {"train": path, "validation": path}})
+
+
+def test_csv_and_parquet_files_load_like_jsonl(tiny_folder, tmp_path):
+    import datasets
+
+    rows = [{"id": i, "sentence1": f"s{i}", "sentence2": f"t{i}", "label": i % 2} for i in range(20)]
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_csv(tmp_path / "paws.csv", index=False)
+    ds.to_parquet(tmp_path / "paws.parquet")
+    for name in ("paws.csv", "paws.parquet"):
+        dm = setup_with(tiny_folder, tasks=["paws"], data_files={"paws": str(tmp_path / name)})
+        assert dm.task_counts("train") == {"paws": 18} and dm.task_counts("validation") == {"paws": 2}
+
+
+def test_chat_format_trains_only_on_the_assistant_turn(tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lora_lightning.data.tokenization import IGNORE_INDEX, encode_pairs, render_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    tok.pad_token = tok.eos_token
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    [ex] = encode_pairs(tok, ["Is it raining?"], ["True"], 64, prompt_format="chat")
+    head = render_prompt(tok, "Is it raining?", "chat")
+    assert head == "<|user|>Is it raining?<|endoftext|>\n<|assistant|>"
+    trained = [i for i, label in zip(ex.input_ids, ex.labels) if label != IGNORE_INDEX]
+    assert tok.decode(trained) == "True<|endoftext|>"  # the turn's trailing newline after EOS is not trained
+    assert ex.input_ids[-1] == tok.eos_token_id
+    assert tok.decode(ex.input_ids) == head + "True<|endoftext|>"
+
+
+def test_chat_format_needs_a_chat_template(tiny_folder):
+    with pytest.raises(ValueError, match="no chat template; use data.prompt_format=plain"):
+        setup_with(tiny_folder, prompt_format="chat")

@@ -73,7 +73,7 @@ class AdapterCheckpoint(Callback):
                 "best_val_loss": self.best_score,
                 "best_step": self.best_step,
                 "train_seconds": round(time.monotonic() - self._started, 1),
-                "data": getattr(trainer.datamodule, "stats", None) if trainer.datamodule is not None else None,
+                **(trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}),
                 **pl_module.loss_history,
             }
             (tmp / "training_history.json").write_text(json.dumps(history, indent=1))

@@ -1,44 +1,60 @@
 """The LightningDataModule: a FLAN-style task mix, formatted with templates and tokenized.
 
-For each task: read its rows (bundled demo, Hub or local files), shuffle them with the seed and
-keep at most ``max_examples_per_task`` (the guide's ``-n``), fill one of the task's templates per
-example (drawn with a seeded RNG), tokenize with the loss on the completion only, and drop what
-cannot fit in ``max_length``. The tasks' training sets are then mixed and shuffled every epoch.
+For each task: read its rows (bundled demo, Hub or local files), hold out validation rows when the
+source has no validation split, pick each task's share of the training mix (``mixing``, capped by
+``max_examples_per_task``, the guide's ``-n``), fill one of the task's templates per example (drawn
+with a seeded RNG), tokenize with the loss on the completion only, and drop what cannot fit in
+``max_length`` (counted in the log). The result is cached on disk, keyed by everything that shaped
+it, and the DataLoader shuffles the mixed training set every epoch.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lora_lightning.data.sources import load_task_splits, normalize_data_files
-from lora_lightning.data.tasks import TaskSpec, load_task
-from lora_lightning.data.tokenization import CausalLMCollator, encode_pairs
+from lora_lightning.data.cache import cache_key, file_fingerprint, load_cached, save_cached, tokenizer_fingerprint
+from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
+from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
+from lora_lightning.data.tasks import TaskError, TaskSpec, load_task
+from lora_lightning.data.tokenization import PROMPT_FORMATS, CausalLMCollator, encode_pairs
 from lora_lightning.errors import UserInputError
 from lora_lightning.model.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, resolve_model_path
+
+VALIDATION_INDEX_BASE = 1_000_000_000  # template draws of validation rows never repeat training ones
 
 
 class FlanDataModule(LightningDataModule):
     """FLAN-style instruction data: a mix of tasks, each with its ten templates.
 
     Args:
-        tasks: Task names from the registry (bool_q, common_gen, xsum, ...) or paths of task YAML files.
+        tasks: Task names from the registry (bool_q, common_gen, xsum, anli, squad, samsum, paws,
+            cosmos_qa, ...) or paths of your own task YAML files.
         source: ``demo`` (bundled offline demo mix) or ``hub`` (each task's Hub dataset).
         data_files: Per task, a local file (.jsonl/.json/.csv/.parquet, Hub column names) used as
             its train split, or a mapping ``{train: path, validation: path}``. Overrides ``source``.
-        max_examples_per_task: Training examples kept per task (the guide's ``-n``); None keeps all.
+        max_examples_per_task: Per-task cap on training examples (the guide's ``-n``); None: no cap.
         max_val_examples_per_task: Validation examples kept per task; None keeps all.
+        mixing: ``proportional`` (each task's capped size, FLAN's default), ``uniform`` (equal
+            shares) or ``temperature`` (shares proportional to capped size^(1/temperature)).
+        temperature: The T of ``temperature`` mixing; larger flattens the mix toward small tasks.
         val_fraction: Share of the training rows held out for validation when a task has no
             validation split of its own.
+        prompt_format: ``plain`` FLAN text, or ``chat``: the tokenizer's chat template with the
+            prompt as user turn and the completion as assistant turn (loss on the assistant turn only).
         max_length: Longest tokenized example; longer prompts are cut from the start, and examples
             whose completion alone does not fit are dropped (and counted).
         batch_size: Examples per batch and device (global batch = devices x batch_size x accumulate_grad_batches).
         num_workers: DataLoader worker processes.
+        num_proc: Processes for tokenization (None: one).
         seed: Seed for row selection, template choice and validation hold-out.
+        cache_dir: Where tokenized datasets are cached (None: no cache).
         tokenizer: Tokenizer source; the CLI links it to ``model.model_name``.
         trust_remote_code: Allow tokenizer code from the model repository (linked to the model's setting).
         base_cache_dir: Cache of converted GGUF models (linked to the model's setting).
@@ -51,11 +67,16 @@ class FlanDataModule(LightningDataModule):
         data_files: dict[str, str | dict[str, str]] | None = None,
         max_examples_per_task: int | None = None,
         max_val_examples_per_task: int | None = 200,
+        mixing: Literal["proportional", "uniform", "temperature"] = "proportional",
+        temperature: float = 2.0,
         val_fraction: float = 0.1,
+        prompt_format: Literal["plain", "chat"] = "plain",
         max_length: int = 512,
         batch_size: int = 8,
         num_workers: int = 0,
+        num_proc: int | None = None,
         seed: int = 42,
+        cache_dir: str | None = "checkpoints/data_cache",
         tokenizer: str = EMBEDDED_MODEL,
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
@@ -71,65 +92,150 @@ class FlanDataModule(LightningDataModule):
             raise UserInputError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if max_length < 8:
             raise UserInputError(f"data.max_length must be at least 8, got {max_length}")
+        if mixing not in STRATEGIES:
+            raise UserInputError(f"data.mixing must be one of {', '.join(STRATEGIES)}, got {mixing!r}")
+        if temperature <= 0:
+            raise UserInputError(f"data.temperature must be positive, got {temperature}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise UserInputError(f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         self.save_hyperparameters()
         self.task_specs: list[TaskSpec] = [load_task(t) for t in tasks]
-        unknown = set(data_files or {}) - {t.name for t in self.task_specs}
+        names = [t.name for t in self.task_specs]
+        if len(set(names)) != len(names):
+            raise UserInputError(f"data.tasks names a task twice: {names}")
+        unknown = set(data_files or {}) - set(names)
         if unknown:
             raise UserInputError(f"data.data_files names task(s) {sorted(unknown)} that are not in data.tasks")
         self.files = {t: normalize_data_files(t, spec) for t, spec in (data_files or {}).items()}
         self.tokenizer: Any = None
-        self.train_set: list[dict] | None = None
-        self.val_set: list[dict] | None = None
+        self.train_set: Any = None
+        self.val_set: Any = None
         self.stats: dict[str, dict[str, int]] = {}
 
+    # -- Lightning hooks -------------------------------------------------------------------
+
     def prepare_data(self) -> None:
-        """Once per machine: convert a GGUF base, download Hub data (both cached for setup)."""
-        resolve_model_path(self.hparams.tokenizer, self.hparams.base_cache_dir)
-        for task in self.task_specs:
-            load_task_splits(task, self.hparams.source, self.files.get(task.name))
+        """Once per machine: convert a GGUF base, download Hub data, tokenize into the cache."""
+        if self.hparams.cache_dir is not None:
+            self.load_or_build()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+        if self.train_set is None:
+            self.load_or_build()
+
+    # -- building the data -----------------------------------------------------------------
+
+    def load_or_build(self) -> None:
         hp = self.hparams
         self.tokenizer = load_tokenizer(resolve_model_path(hp.tokenizer, hp.base_cache_dir), hp.trust_remote_code)
-        train, val = [], []
-        for task in self.task_specs:
-            splits = load_task_splits(task, hp.source, self.files.get(task.name))
-            rows = splits["train"].shuffle(seed=hp.seed)
-            if "validation" in splits:
-                val_rows = splits["validation"].shuffle(seed=hp.seed)
-            else:
-                held = max(1, int(round(len(rows) * hp.val_fraction)))
-                val_rows, rows = rows.select(range(held)), rows.select(range(held, len(rows)))
-            rows = cap(rows, hp.max_examples_per_task)
-            val_rows = cap(val_rows, hp.max_val_examples_per_task)
-            task_train, dropped_train = self.encode(task, rows)
-            task_val, dropped_val = self.encode(task, val_rows, index_offset=len(rows))
-            train += task_train
-            val += task_val
-            self.stats[task.name] = {"train": len(task_train), "validation": len(task_val),
-                                     "dropped_too_long": dropped_train + dropped_val}
-        if not train:
-            raise UserInputError(f"no training example fits in data.max_length={hp.max_length}; raise it")
-        self.train_set, self.val_set = train, val
+        folder = Path(hp.cache_dir) / self.cache_key() if hp.cache_dir is not None else None
+        cached = load_cached(folder) if folder is not None else None
+        if cached is not None:
+            splits, self.stats = cached
+            rank_zero_info(f"Tokenized data: cache hit, loaded {folder}")
+        else:
+            splits = self.build()
+            if folder is not None:
+                save_cached(folder, splits, self.stats)
+                rank_zero_info(f"Tokenized data cached in {folder}")
+        self.train_set, self.val_set = splits["train"], splits["validation"]
         for name, s in self.stats.items():
             rank_zero_info(f"Task {name}: {s['train']} train, {s['validation']} validation examples"
                            + (f", {s['dropped_too_long']} dropped as longer than max_length={hp.max_length}"
                               if s["dropped_too_long"] else ""))
 
-    def encode(self, task: TaskSpec, rows: Any, index_offset: int = 0) -> tuple[list[dict], int]:
-        """Template-fill and tokenize one task's rows; returns the examples and how many were dropped."""
-        pairs = [task.format_random(row, self.hparams.seed, index_offset + i) for i, row in enumerate(rows)]
-        if not pairs:
-            return [], 0
-        encoded = encode_pairs(self.tokenizer, [p for p, _ in pairs], [c for _, c in pairs], self.hparams.max_length)
-        kept = [{"input_ids": e.input_ids, "labels": e.labels, "task": task.name} for e in encoded if e is not None]
-        return kept, len(encoded) - len(kept)
+    def cache_key(self) -> str:
+        hp = self.hparams
+        sources = {}
+        for task in self.task_specs:
+            files = self.files.get(task.name) or (demo_files(task) if hp.source == "demo" else None)
+            sources[task.name] = ({s: file_fingerprint(p) for s, p in files.items()} if files is not None
+                                  else [task.hub_path, task.hub_name, dict(task.splits)])
+        return cache_key({
+            "tokenizer": tokenizer_fingerprint(self.tokenizer), "tasks": self.task_specs, "sources": sources,
+            **{k: hp[k] for k in ("max_examples_per_task", "max_val_examples_per_task", "mixing", "temperature",
+                                  "val_fraction", "prompt_format", "max_length", "seed")},
+        })
+
+    def build(self) -> dict[str, Any]:
+        import datasets
+
+        hp = self.hparams
+        started = time.perf_counter()
+        train_rows, val_rows, origins = {}, {}, {}
+        for task in self.task_specs:
+            files = self.files.get(task.name)
+            splits = load_task_splits(task, hp.source, files)
+            origins[task.name] = ", ".join(files.values()) if files else f"{hp.source} data"
+            rows = splits["train"]
+            if "validation" in splits:
+                val = splits["validation"].shuffle(seed=hp.seed)
+            else:
+                shuffled = rows.shuffle(seed=hp.seed)
+                held = max(1, int(round(len(rows) * hp.val_fraction)))
+                val, rows = shuffled.select(range(held)), shuffled.select(range(held, len(rows)))
+            train_rows[task.name] = rows
+            limit = hp.max_val_examples_per_task
+            val_rows[task.name] = val if limit is None or len(val) <= limit else val.select(range(limit))
+        counts = mixture_counts({t: len(r) for t, r in train_rows.items()}, hp.mixing,
+                                hp.max_examples_per_task, hp.temperature)
+        train_parts, val_parts = [], []
+        for task in self.task_specs:
+            rows = train_rows[task.name]
+            picked = rows.select(take_indices(len(rows), counts[task.name], hp.seed))
+            train_part, dropped_train = self.encode(task, picked, origins[task.name])
+            val_part, dropped_val = self.encode(task, val_rows[task.name], origins[task.name], VALIDATION_INDEX_BASE)
+            train_parts.append(train_part)
+            val_parts.append(val_part)
+            self.stats[task.name] = {"available": len(rows), "train": len(train_part), "validation": len(val_part),
+                                     "dropped_too_long": dropped_train + dropped_val}
+        train = datasets.concatenate_datasets(train_parts)
+        if len(train) == 0:
+            raise UserInputError(f"no training example fits in data.max_length={hp.max_length}; raise it")
+        val = datasets.concatenate_datasets(val_parts)
+        seconds = time.perf_counter() - started
+        total = sum(len(p) for p in train_parts + val_parts)
+        rank_zero_info(f"Mix ({hp.mixing}): " + ", ".join(f"{t} {n}" for t, n in counts.items())
+                       + f"; tokenized {total} examples in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} examples/s)")
+        return {"train": train, "validation": val}
+
+    def encode(self, task: TaskSpec, rows: Any, origin: str, index_base: int = 0) -> tuple[Any, int]:
+        """Template-fill and tokenize one task's rows (batched, ``num_proc`` processes).
+
+        Returns the kept examples (input_ids, labels, task) and how many were dropped as too long.
+        """
+        hp, tokenizer = self.hparams, self.tokenizer
+
+        def fill_and_tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            rows_in_batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            try:
+                pairs = [task.format_random(row, hp.seed, index_base + i) for row, i in zip(rows_in_batch, indices)]
+            except TaskError as err:
+                raise TaskError(f"{err} (in {origin})") from None
+            encoded = encode_pairs(tokenizer, [p for p, _ in pairs], [c for _, c in pairs], hp.max_length,
+                                   hp.prompt_format)
+            return {"input_ids": [e.input_ids if e else [] for e in encoded],
+                    "labels": [e.labels if e else [] for e in encoded],
+                    "task": [task.name] * len(encoded)}
+
+        if len(rows) == 0:
+            return rows.select([]), 0
+        mapped = rows.map(fill_and_tokenize, batched=True, with_indices=True, remove_columns=rows.column_names,
+                          num_proc=hp.num_proc if hp.num_proc and hp.num_proc > 1 else None,
+                          keep_in_memory=True, load_from_cache_file=False, desc=f"Tokenizing {task.name}")
+        kept = mapped.filter(lambda ids: len(ids) > 0, input_columns="input_ids", keep_in_memory=True,
+                             load_from_cache_file=False)
+        return kept, len(mapped) - len(kept)
+
+    # -- what the rest of the project reads ------------------------------------------------
 
     def task_counts(self, split: str = "train") -> Counter:
         data = self.train_set if split == "train" else self.val_set
-        return Counter(ex["task"] for ex in data or [])
+        return Counter(data["task"]) if data is not None else Counter()
+
+    def describe(self) -> dict[str, Any]:
+        """What an exported adapter records about its data (``training_history.json``)."""
+        return {"prompt_format": self.hparams.prompt_format, "mixing": self.hparams.mixing, "data": self.stats}
 
     def collator(self) -> CausalLMCollator:
         return CausalLMCollator(self.tokenizer.pad_token_id)
@@ -141,7 +247,3 @@ class FlanDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
-
-
-def cap(rows: Any, limit: int | None) -> Any:
-    return rows if limit is None or len(rows) <= limit else rows.select(range(limit))

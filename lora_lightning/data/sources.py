@@ -6,6 +6,7 @@ the same way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,12 +49,34 @@ def demo_files(task: TaskSpec) -> dict[str, str]:
 def load_file(task: TaskSpec, path: str) -> Any:
     import datasets
 
+    if Path(path).stat().st_size == 0:
+        raise DataSourceError(f"task {task.name!r}: data file {path!r} is empty")
     builder = FILE_BUILDERS[Path(path).suffix.lower()]
     try:
         ds = datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as err:  # datasets raises many types for unreadable files
-        raise DataSourceError(f"task {task.name!r}: cannot read {path!r}: {str(err).strip().splitlines()[0]}") from None
+        reason = first_bad_json_line(path) if builder == "json" else None
+        reason = reason or str(err).strip().splitlines()[0]
+        raise DataSourceError(f"task {task.name!r}: cannot read {path!r}: {reason}") from None
     return check_columns(task, ds, path)
+
+
+def first_bad_json_line(path: str) -> str | None:
+    """Where a JSON Lines file stops being valid (datasets' own error does not say)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.read(1)
+        if first == "[":  # a .json array, not JSON Lines
+            return None
+        f.seek(0)
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+                if not isinstance(row, dict):
+                    return f"line {number} is not a JSON object"
+    return None
 
 
 def load_hub(task: TaskSpec, split: str) -> Any:

@@ -12,7 +12,10 @@ from typing import Any, Sequence
 
 import torch
 
+from lora_lightning.errors import UserInputError
+
 IGNORE_INDEX = -100
+PROMPT_FORMATS = ("plain", "chat")
 
 
 @dataclass
@@ -32,19 +35,58 @@ def fit_pair(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_lengt
                           labels=[IGNORE_INDEX] * len(prompt_ids) + list(completion_ids))
 
 
+def render_prompt(tokenizer: Any, prompt: str, prompt_format: str = "plain", separator: str = "\n") -> str:
+    """The text before the answer, the same in training and in generation.
+
+    ``plain``: FLAN text, the prompt then ``separator``. ``chat``: the tokenizer's chat template
+    with the prompt as the user turn, up to the start of the assistant turn.
+    """
+    if prompt_format == "plain":
+        return prompt + separator
+    if prompt_format != "chat":
+        raise UserInputError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserInputError("the tokenizer has no chat template; use data.prompt_format=plain")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def render_completion(tokenizer: Any, prompt: str, completion: str, prompt_format: str = "plain") -> str:
+    """The answer text; for ``chat`` the assistant turn as the template writes it (end-of-turn included)."""
+    if prompt_format == "plain":
+        return completion
+    head = render_prompt(tokenizer, prompt, prompt_format)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": completion}], tokenize=False)
+    if not full.startswith(head):
+        raise UserInputError("the tokenizer's chat template does not render the user turn as a prefix of the "
+                         "conversation; use data.prompt_format=plain")
+    return full[len(head):]
+
+
+def end_with_eos(ids: list[int], eos: int) -> list[int]:
+    """Completion ids that end at EOS: cut after the last EOS (a chat turn's trailing newline) or append one."""
+    if eos in ids:
+        return ids[: len(ids) - ids[::-1].index(eos)]
+    return ids + [eos]
+
+
 def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int,
-                 separator: str = "\n", min_prompt_tokens: int = 1) -> list[EncodedExample | None]:
-    """Token ids for each ``prompt + separator`` then ``completion`` + EOS, within ``max_length``.
+                 prompt_format: str = "plain", min_prompt_tokens: int = 1) -> list[EncodedExample | None]:
+    """Token ids for each rendered prompt then completion + EOS, within ``max_length``.
 
     When too long, the prompt loses tokens from its start (the end of a FLAN prompt holds the
     question and the options, right before the answer); the completion is never cut. An entry is
     None when even the completion plus ``min_prompt_tokens`` of prompt does not fit. One tokenizer
     call per side for the whole list, which is what makes it fast.
     """
-    prompt_ids = tokenizer([p + separator for p in prompts], add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    heads = [render_prompt(tokenizer, p, prompt_format) for p in prompts]
+    tails = [render_completion(tokenizer, p, c, prompt_format) for p, c in zip(prompts, completions)]
+    # Plain text gets the tokenizer's own special tokens (BOS for Llama); a chat template writes its own.
+    prompt_ids = tokenizer(heads, add_special_tokens=prompt_format == "plain")["input_ids"]
+    completion_ids = tokenizer(tails, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    return [fit_pair(p, c + [eos], max_length, min_prompt_tokens) for p, c in zip(prompt_ids, completion_ids)]
+    return [fit_pair(p, end_with_eos(c, eos), max_length, min_prompt_tokens) for p, c in zip(prompt_ids, completion_ids)]
 
 
 class CausalLMCollator:

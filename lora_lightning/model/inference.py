@@ -1,6 +1,6 @@
 """Loading a trained adapter onto its base, and generating from prompts.
 
-The prompt is formatted as in training (prompt, then the separator, then the model continues),
+The prompt is rendered as in training (:func:`render_prompt`: plain FLAN text or the chat template),
 and generation stops at EOS: the adapter was trained to end every completion with it.
 """
 
@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 import torch
 
+from lora_lightning.data.tokenization import render_prompt
 from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, ModelLoadError, load_causal_lm, load_tokenizer,
                                           resolve_model_path)
 
-SEPARATOR = "\n"
 
 
 def adapter_base(lora_adapter_path: str | Path) -> str:
@@ -27,6 +27,14 @@ def adapter_base(lora_adapter_path: str | Path) -> str:
     if not base:
         raise ModelLoadError(f"{config} does not name its base model; pass the base explicitly")
     return base
+
+
+def trained_prompt_format(adapter: str | Path) -> str:
+    """The prompt format an adapter was trained with (``training_history.json``), plain if unknown."""
+    history = Path(adapter) / "training_history.json"
+    if history.is_file():
+        return json.loads(history.read_text()).get("prompt_format") or "plain"
+    return "plain"
 
 
 def load_lora_model(base_model_path: str | None, lora_adapter_path: str | Path, device: str | torch.device = "cpu",
@@ -49,15 +57,17 @@ def load_lora_model(base_model_path: str | None, lora_adapter_path: str | Path, 
 
 @torch.inference_mode()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 64,
-             temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+             temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8,
+             prompt_format: str = "plain") -> list[str]:
     """Completions for ``prompts``, batched with left padding; greedy when temperature is 0."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [p + SEPARATOR for p in prompts[start:start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+        chunk = [render_prompt(tokenizer, p, prompt_format) for p in prompts[start:start + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True,
+                        add_special_tokens=prompt_format == "plain").to(device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, **sampling)
         new = out[:, enc["input_ids"].shape[1]:]
@@ -82,6 +92,7 @@ def generate_command(*, prompt: str, adapter: str, base: str | None = None, max_
     """
     model = load_lora_model(base, adapter, device, base_cache_dir=base_cache_dir)
     tokenizer = load_tokenizer(adapter)
-    text = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p)[0]
+    text = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p,
+                    prompt_format=trained_prompt_format(adapter))[0]
     print(text)
     return text

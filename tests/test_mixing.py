@@ -1,0 +1,67 @@
+"""Mixing strategies: realised per-task counts against the formula."""
+
+import math
+
+import pytest
+
+from lora_lightning.data import FlanDataModule
+from lora_lightning.data.mixing import mixture_counts, take_indices
+
+SIZES = {"a": 1000, "b": 100, "c": 10}
+
+
+def test_proportional_is_capped_size():
+    assert mixture_counts(SIZES, "proportional", cap=300) == {"a": 300, "b": 100, "c": 10}
+    assert mixture_counts(SIZES, "proportional") == SIZES
+
+
+def test_uniform_gives_equal_shares_of_the_capped_total():
+    counts = mixture_counts(SIZES, "uniform", cap=300)
+    assert sum(counts.values()) == 410
+    assert sorted(counts.values()) == [136, 137, 137]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_temperature_rates_follow_size_to_the_one_over_t(temperature):
+    counts = mixture_counts(SIZES, "temperature", cap=300, temperature=temperature)
+    capped = {"a": 300, "b": 100, "c": 10}
+    norm = sum(m ** (1 / temperature) for m in capped.values())
+    for task, m in capped.items():
+        exact = 410 * m ** (1 / temperature) / norm
+        assert abs(counts[task] - exact) < 1
+    assert sum(counts.values()) == 410
+    if temperature == 1.0:
+        assert counts == capped
+
+
+def test_higher_temperature_flattens_the_mix():
+    t2 = mixture_counts(SIZES, "temperature", cap=300, temperature=2)
+    t5 = mixture_counts(SIZES, "temperature", cap=300, temperature=5)
+    assert t5["c"] > t2["c"] > 10 and t5["a"] < t2["a"] < 300
+
+
+def test_take_indices_cycles_a_seeded_shuffle():
+    idx = take_indices(3, 7, seed=1)
+    assert len(idx) == 7 and sorted(set(idx)) == [0, 1, 2]
+    assert idx[:3] == idx[3:6] and idx == take_indices(3, 7, seed=1)
+    assert sorted(take_indices(10, 10, seed=2)) == list(range(10))
+
+
+@pytest.mark.parametrize("mixing, cap, temperature", [("proportional", 50, 2.0), ("uniform", 50, 2.0),
+                                                      ("temperature", None, 3.0)])
+def test_datamodule_realises_the_formula(tiny_models, mixing, cap, temperature):
+    dm = FlanDataModule(tokenizer=str(tiny_models["llama"]), mixing=mixing, max_examples_per_task=cap,
+                        temperature=temperature, max_length=2048, cache_dir=None)
+    dm.setup("fit")
+    sizes = {"bool_q": 80, "common_gen": 80, "xsum": 40}  # the demo mix's training rows
+    assert dict(dm.task_counts("train")) == mixture_counts(sizes, mixing, cap, temperature)
+    assert {t: s["available"] for t, s in dm.stats.items()} == sizes
+    if mixing == "uniform":
+        # capped sizes 50, 50, 40: 140 examples, a third each
+        assert sorted(dm.task_counts("train").values()) == [46, 47, 47]
+        # xsum has 40 rows but gets 46 or 47 examples: rows repeat, each time with a fresh template draw
+        xsum = [ids for ids, t in zip(dm.train_set["input_ids"], dm.train_set["task"]) if t == "xsum"]
+        assert len(xsum) > 40 and len({tuple(x) for x in xsum}) > 40
+    if mixing == "temperature":
+        exact = 200 * 40 ** (1 / 3) / sum(n ** (1 / 3) for n in sizes.values())
+        assert math.isclose(dm.task_counts("train")["xsum"], exact, abs_tol=1)
