@@ -3,7 +3,10 @@
     lora-lightning fit --config configs/default.yaml [--model.lora_r 8 --data.max_examples_per_task 500 ...]
     lora-lightning fit --config configs/default.yaml --ckpt_path last        # resume
     lora-lightning validate --config configs/default.yaml
+    lora-lightning predict --config configs/default.yaml --model.adapter checkpoints/default/adapter \
+        --data.predict_file prompts.jsonl [--predictions.output out.jsonl]
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
+    lora-lightning merge --adapter checkpoints/default/adapter --output merged/
 
 Every run writes under ``trainer.default_root_dir`` (``checkpoints/<run>``): ``adapter/`` (best
 validation loss) and ``adapter_last/`` in peft format, ``ckpt/`` (Lightning checkpoints holding only
@@ -19,12 +22,13 @@ from typing import NoReturn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lora_lightning.callbacks import AdapterCheckpoint
+from lora_lightning.callbacks import AdapterCheckpoint, JsonlPredictionWriter
 from lora_lightning.data import FlanDataModule
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
 
 PROG = "lora-lightning"
+TOOLS = ("generate", "merge")
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -42,6 +46,7 @@ class LoRALightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(AdapterCheckpoint, "adapter_export")
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/default",
             "checkpoint.monitor": "val/loss",
@@ -54,11 +59,16 @@ class LoRALightningCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "adapter_export.dirpath")
         for key in ("trust_remote_code", "base_cache_dir"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
-        parser.link_arguments("model.model_name", "data.tokenizer")
+        parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
 
 
 def ckpt_dir(root: str | None) -> str:
     return os.path.join(root or ".", "ckpt")
+
+
+def tokenizer_source(adapter: str | None, model_name: str | None) -> str | None:
+    """An adapter folder carries the tokenizer it was trained with; else the base model's."""
+    return adapter or model_name
 
 
 def fail(message: str) -> NoReturn:
@@ -66,26 +76,28 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def run_generate(argv: list[str]) -> None:
+def run_tool(name: str, argv: list[str]) -> None:
+    """The commands that are not Trainer runs, each a documented function (its docstring is the help)."""
     from jsonargparse import CLI
 
     from lora_lightning.model.inference import generate_command
+    from lora_lightning.model.merge import merge_command
 
-    CLI(generate_command, args=argv, prog=f"{PROG} generate")
+    CLI({"generate": generate_command, "merge": merge_command}[name], args=argv, prog=f"{PROG} {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lora-lightning`` and ``python -m lora_lightning``."""
     words = sys.argv[1:] if argv is None else argv
     try:
-        if words and words[0] == "generate":
-            run_generate(words[1:])
+        if words and words[0] in TOOLS:
+            run_tool(words[0], words[1:])
             return
         LoRALightningCLI(
             LoRAModule, FlanDataModule, parser_class=OneLineErrorParser, seed_everything_default=42,
             auto_configure_optimizers=False, args=argv,  # None: sys.argv
             parser_kwargs={"prog": PROG, "description": "LoRA instruction tuning on PyTorch Lightning. "
-                           "Subcommands: fit, validate, test, predict, generate."},
+                           "Subcommands: fit, validate, test, predict, generate, merge."},
         )
     except UserInputError as err:
         fail(str(err))

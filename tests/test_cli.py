@@ -45,6 +45,8 @@ def test_exports_adapter_in_peft_format_with_tokenizer_and_history(run):
     config = json.loads((run["root"] / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(run["base"])
     assert set(config["target_modules"]) == {"q_proj", "v_proj"} and config["r"] == 4
+    card = (run["root"] / "adapter" / "README.md").read_text()
+    assert "## LoRA settings" in card and "| bool_q | 16 | 8 | 0 |" in card and "| r | 4 |" in card
     weights = load_file(run["root"] / "adapter" / "adapter_model.safetensors")
     assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # trained, not the zero init

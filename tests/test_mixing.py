@@ -51,7 +51,7 @@ def test_take_indices_cycles_a_seeded_shuffle():
                                                       ("temperature", None, 3.0)])
 def test_datamodule_realises_the_formula(tiny_models, mixing, cap, temperature):
     dm = FlanDataModule(tokenizer=str(tiny_models["llama"]), mixing=mixing, max_examples_per_task=cap,
-                        temperature=temperature, max_length=2048, cache_dir=None)
+                        mixing_temperature=temperature, max_length=2048, cache_dir=None)
     dm.setup("fit")
     sizes = {"bool_q": 80, "common_gen": 80, "xsum": 40}  # the demo mix's training rows
     assert dict(dm.task_counts("train")) == mixture_counts(sizes, mixing, cap, temperature)

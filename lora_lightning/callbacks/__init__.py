@@ -1,5 +1,6 @@
-"""Trainer callbacks: adapter-only export."""
+"""Trainer callbacks: adapter-only export, prediction output."""
 
 from lora_lightning.callbacks.adapter_checkpoint import AdapterCheckpoint
+from lora_lightning.callbacks.prediction_writer import JsonlPredictionWriter
 
-__all__ = ["AdapterCheckpoint"]
+__all__ = ["AdapterCheckpoint", "JsonlPredictionWriter"]

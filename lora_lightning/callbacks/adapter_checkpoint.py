@@ -1,8 +1,9 @@
 """Exports the adapter alone, in peft's format, for the best validation loss and at the end.
 
 ``<dirpath>/adapter/`` (best) and ``<dirpath>/adapter_last/`` each hold ``adapter_config.json``,
-``adapter_model.safetensors``, the tokenizer files and ``training_history.json``: a folder that
-plain ``PeftModel.from_pretrained(base, folder)`` loads. With ``model.lora=false`` the whole
+``adapter_model.safetensors``, the tokenizer files, ``training_history.json`` and a model card
+(``README.md``): a folder that plain ``PeftModel.from_pretrained(base, folder)`` and
+``AutoPeftModelForCausalLM.from_pretrained(folder)`` load. With ``model.lora=false`` the whole
 model is exported instead, as a Transformers folder (``model/`` and ``model_last/``).
 Each export is written to a temporary folder and renamed into place, so a crash mid-write never
 leaves a half-written adapter where a good one was.
@@ -19,6 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lora_lightning.atomic_write import atomic_folder
+from lora_lightning.hub import check_hub_access, model_card, push_folder
 
 
 class AdapterCheckpoint(Callback):
@@ -28,9 +30,17 @@ class AdapterCheckpoint(Callback):
         dirpath: Run folder the exports go under; the CLI links it to ``trainer.default_root_dir``.
         monitor: Logged metric that decides which export is the best.
         save_last: Also export the final weights at the end of fit.
+        push_to_hub: Upload the best adapter to the Hugging Face Hub at the end of fit. Checked when
+            the run starts: offline or without a login, the run fails at once.
+        hub_repo: Hub repository for ``push_to_hub``, e.g. ``user/smollm2-flan-lora``.
     """
 
-    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss", save_last: bool = True):
+    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss", save_last: bool = True,
+                 push_to_hub: bool = False, hub_repo: str | None = None):
+        if push_to_hub:
+            check_hub_access(hub_repo)
+        self.push_to_hub = push_to_hub
+        self.hub_repo = hub_repo
         self.dirpath = dirpath
         self.monitor = monitor
         self.save_last = save_last
@@ -55,6 +65,10 @@ class AdapterCheckpoint(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_last:
             self.export(trainer, pl_module, "last")
+        if self.push_to_hub and trainer.is_global_zero:
+            best = self.folder(trainer, pl_module, "best")
+            folder = best if best.is_dir() else self.folder(trainer, pl_module, "last")
+            rank_zero_info(f"Pushed {folder} to the Hub: {push_folder(folder, self.hub_repo)}")
 
     def folder(self, trainer: Trainer, pl_module: Any, which: str) -> Path:
         kind = "adapter" if getattr(pl_module, "is_lora", True) else "model"
@@ -77,6 +91,9 @@ class AdapterCheckpoint(Callback):
                 **pl_module.loss_history,
             }
             (tmp / "training_history.json").write_text(json.dumps(history, indent=1))
+            config_file = tmp / "adapter_config.json"
+            config = json.loads(config_file.read_text()) if config_file.is_file() else None
+            (tmp / "README.md").write_text(model_card(history, config))
         rank_zero_info(f"Exported {which} {target.name} (step {trainer.global_step}) to {target}")
         return target
 

@@ -10,6 +10,7 @@ it, and the DataLoader shuffles the mixed training set every epoch.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,8 +43,8 @@ class FlanDataModule(LightningDataModule):
         max_examples_per_task: Per-task cap on training examples (the guide's ``-n``); None: no cap.
         max_val_examples_per_task: Validation examples kept per task; None keeps all.
         mixing: ``proportional`` (each task's capped size, FLAN's default), ``uniform`` (equal
-            shares) or ``temperature`` (shares proportional to capped size^(1/temperature)).
-        temperature: The T of ``temperature`` mixing; larger flattens the mix toward small tasks.
+            shares) or ``temperature`` (shares proportional to capped size^(1/mixing_temperature)).
+        mixing_temperature: The T of ``temperature`` mixing; larger flattens the mix toward small tasks.
         val_fraction: Share of the training rows held out for validation when a task has no
             validation split of its own.
         prompt_format: ``plain`` FLAN text, or ``chat``: the tokenizer's chat template with the
@@ -55,9 +56,11 @@ class FlanDataModule(LightningDataModule):
         num_proc: Processes for tokenization (None: one).
         seed: Seed for row selection, template choice and validation hold-out.
         cache_dir: Where tokenized datasets are cached (None: no cache).
-        tokenizer: Tokenizer source; the CLI links it to ``model.model_name``.
+        tokenizer: Tokenizer source; the CLI links it to ``model.adapter`` or else ``model.model_name``.
         trust_remote_code: Allow tokenizer code from the model repository (linked to the model's setting).
         base_cache_dir: Cache of converted GGUF models (linked to the model's setting).
+        predict_file: ``predict``: a JSON Lines file, one object per prompt with a ``prompt`` key
+            (other keys are passed through to the output).
     """
 
     def __init__(
@@ -68,7 +71,7 @@ class FlanDataModule(LightningDataModule):
         max_examples_per_task: int | None = None,
         max_val_examples_per_task: int | None = 200,
         mixing: Literal["proportional", "uniform", "temperature"] = "proportional",
-        temperature: float = 2.0,
+        mixing_temperature: float = 2.0,
         val_fraction: float = 0.1,
         prompt_format: Literal["plain", "chat"] = "plain",
         max_length: int = 512,
@@ -77,11 +80,14 @@ class FlanDataModule(LightningDataModule):
         num_proc: int | None = None,
         seed: int = 42,
         cache_dir: str | None = "checkpoints/data_cache",
-        tokenizer: str = EMBEDDED_MODEL,
+        tokenizer: str | None = EMBEDDED_MODEL,
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
+        predict_file: str | None = None,
     ):
         super().__init__()
+        if predict_file is not None and not Path(predict_file).is_file():
+            raise UserInputError(f"data.predict_file {predict_file!r} does not exist")
         if not tasks:
             raise UserInputError("data.tasks is empty; name at least one task")
         for name, value in (("max_examples_per_task", max_examples_per_task),
@@ -94,8 +100,8 @@ class FlanDataModule(LightningDataModule):
             raise UserInputError(f"data.max_length must be at least 8, got {max_length}")
         if mixing not in STRATEGIES:
             raise UserInputError(f"data.mixing must be one of {', '.join(STRATEGIES)}, got {mixing!r}")
-        if temperature <= 0:
-            raise UserInputError(f"data.temperature must be positive, got {temperature}")
+        if mixing_temperature <= 0:
+            raise UserInputError(f"data.mixing_temperature must be positive, got {mixing_temperature}")
         if prompt_format not in PROMPT_FORMATS:
             raise UserInputError(f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         self.save_hyperparameters()
@@ -116,10 +122,12 @@ class FlanDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Once per machine: convert a GGUF base, download Hub data, tokenize into the cache."""
-        if self.hparams.cache_dir is not None:
+        if self.hparams.cache_dir is not None and self.trainer is not None and self.trainer.state.fn != "predict":
             self.load_or_build()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            return
         if self.train_set is None:
             self.load_or_build()
 
@@ -127,7 +135,7 @@ class FlanDataModule(LightningDataModule):
 
     def load_or_build(self) -> None:
         hp = self.hparams
-        self.tokenizer = load_tokenizer(resolve_model_path(hp.tokenizer, hp.base_cache_dir), hp.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.tokenizer_path(), hp.trust_remote_code)
         folder = Path(hp.cache_dir) / self.cache_key() if hp.cache_dir is not None else None
         cached = load_cached(folder) if folder is not None else None
         if cached is not None:
@@ -144,6 +152,13 @@ class FlanDataModule(LightningDataModule):
                            + (f", {s['dropped_too_long']} dropped as longer than max_length={hp.max_length}"
                               if s["dropped_too_long"] else ""))
 
+    def tokenizer_path(self) -> str:
+        """A folder with tokenizer files (an adapter folder too) as it is; else the model's path."""
+        name = self.hparams.tokenizer or EMBEDDED_MODEL
+        if Path(name, "tokenizer_config.json").is_file():
+            return name
+        return resolve_model_path(name, self.hparams.base_cache_dir)
+
     def cache_key(self) -> str:
         hp = self.hparams
         sources = {}
@@ -153,7 +168,7 @@ class FlanDataModule(LightningDataModule):
                                   else [task.hub_path, task.hub_name, dict(task.splits)])
         return cache_key({
             "tokenizer": tokenizer_fingerprint(self.tokenizer), "tasks": self.task_specs, "sources": sources,
-            **{k: hp[k] for k in ("max_examples_per_task", "max_val_examples_per_task", "mixing", "temperature",
+            **{k: hp[k] for k in ("max_examples_per_task", "max_val_examples_per_task", "mixing", "mixing_temperature",
                                   "val_fraction", "prompt_format", "max_length", "seed")},
         })
 
@@ -178,7 +193,7 @@ class FlanDataModule(LightningDataModule):
             limit = hp.max_val_examples_per_task
             val_rows[task.name] = val if limit is None or len(val) <= limit else val.select(range(limit))
         counts = mixture_counts({t: len(r) for t, r in train_rows.items()}, hp.mixing,
-                                hp.max_examples_per_task, hp.temperature)
+                                hp.max_examples_per_task, hp.mixing_temperature)
         train_parts, val_parts = [], []
         for task in self.task_specs:
             rows = train_rows[task.name]
@@ -247,3 +262,32 @@ class FlanDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.hparams.predict_file is None:
+            raise UserInputError("predict needs data.predict_file: a JSON Lines file of {\"prompt\": ...} objects")
+        rows = read_prompt_rows(self.hparams.predict_file)
+        return DataLoader(rows, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate_prompt_rows)
+
+
+def read_prompt_rows(path: str) -> list[dict]:
+    """Prompt rows of a JSON Lines file, each checked to be an object with a string ``prompt``."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserInputError(f"{path!r} line {number} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise UserInputError(f"{path!r} line {number} needs a string \"prompt\"")
+            rows.append(row)
+    if not rows:
+        raise UserInputError(f"{path!r} holds no prompts")
+    return rows
+
+
+def collate_prompt_rows(rows: list[dict]) -> dict[str, list]:
+    return {"prompt": [r["prompt"] for r in rows], "rows": rows}

@@ -32,7 +32,7 @@ def mixture_counts(sizes: Mapping[str, int], strategy: str = "proportional", cap
         weights = {t: 1.0 for t in capped}
     else:
         if temperature <= 0:
-            raise ValueError(f"data.temperature must be positive, got {temperature}")
+            raise ValueError(f"data.mixing_temperature must be positive, got {temperature}")
         weights = {t: m ** (1.0 / temperature) for t, m in capped.items()}
     norm = sum(weights.values())
     exact = {t: total * w / norm for t, w in weights.items()}

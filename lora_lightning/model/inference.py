@@ -43,15 +43,40 @@ def load_lora_model(base_model_path: str | None, lora_adapter_path: str | Path, 
 
     ``base_model_path`` may be None to use the base the adapter names.
     """
+    base = resolve_model_path(base_model_path or adapter_base(lora_adapter_path), base_cache_dir)
+    model = attach_adapter(load_causal_lm(base, trust_remote_code), lora_adapter_path)
+    return model.to(device).eval()
+
+
+def attach_adapter(model: Any, adapter: str | Path, trainable: bool = False, name: str = "default") -> Any:
+    """``model`` with the adapter in folder ``adapter`` loaded by peft (a clear error when it does not fit)."""
     from peft import PeftModel
 
-    base = resolve_model_path(base_model_path or adapter_base(lora_adapter_path), base_cache_dir)
-    model = load_causal_lm(base, trust_remote_code)
     try:
-        model = PeftModel.from_pretrained(model, str(lora_adapter_path))
-    except (ValueError, RuntimeError, OSError) as err:
-        raise ModelLoadError(f"adapter {str(lora_adapter_path)!r} does not fit base {base!r}: "
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter), adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(adapter), adapter_name=name, is_trainable=trainable)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        raise ModelLoadError(f"adapter {str(adapter)!r} does not fit base {model.name_or_path!r}: "
                              f"{str(err).strip().splitlines()[0]}") from None
+
+
+def load_adapters(base_model_path: str | None, adapters: dict[str, str | Path], device: str = "cpu",
+                  base_cache_dir: str = DEFAULT_BASE_CACHE) -> Any:
+    """One base with several adapters, each under its own name; switch with ``model.set_adapter(name)``.
+
+    The base is the one the first adapter names unless given. Adapters trained on different task
+    sets share the frozen base in memory: the guide's "modular" use.
+    """
+    if not adapters:
+        raise ModelLoadError("give at least one adapter")
+    names = list(adapters)
+    base = resolve_model_path(base_model_path or adapter_base(adapters[names[0]]), base_cache_dir)
+    model = load_causal_lm(base)
+    for name in names:
+        model = attach_adapter(model, adapters[name], name=name)
+    model.set_adapter(names[0])
     return model.to(device).eval()
 
 

@@ -8,6 +8,7 @@ trainable weights (the adapter), never the frozen base.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,7 @@ from torchmetrics import MeanMetric
 from lora_lightning.errors import UserInputError
 from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_causal_lm, load_tokenizer,
                                           resolve_model_path)
+from lora_lightning.model.inference import adapter_base, attach_adapter, generate, trained_prompt_format
 from lora_lightning.model.lora import apply_lora, check_lora_settings
 from lora_lightning.model.loss import completion_loss
 from lora_lightning.model.optim import decay_groups, warmup_then_decay
@@ -32,7 +34,10 @@ class LoRAModule(LightningModule):
 
     Args:
         model_name: Base model: a Hub id (``openai-community/gpt2-medium``), a local Transformers
-            folder, a ``.gguf`` file, or ``smollm2-135m-instruct`` (embedded, offline).
+            folder, a ``.gguf`` file, or ``smollm2-135m-instruct`` (embedded, offline). null with
+            ``adapter`` set: the base that adapter names.
+        adapter: A trained adapter folder to start from (for ``predict``, ``validate`` or more
+            training) instead of a fresh LoRA; its LoRA settings replace the ``lora_*`` keys.
         lora: Train a LoRA adapter (True) or fine-tune every weight (False, the guide's non-LoRA mode).
         lora_r: LoRA rank (the guide's ``--lora_r``).
         lora_alpha: LoRA scaling numerator; the update is scaled by alpha / r (or alpha / sqrt(r) with rsLoRA).
@@ -50,11 +55,15 @@ class LoRAModule(LightningModule):
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
+        max_new_tokens: ``predict``: most tokens generated per prompt.
+        temperature: ``predict``: 0 for greedy decoding, above 0 to sample.
+        top_p: ``predict``: nucleus sampling mass when sampling.
     """
 
     def __init__(
         self,
-        model_name: str = EMBEDDED_MODEL,
+        model_name: str | None = EMBEDDED_MODEL,
+        adapter: str | None = None,
         lora: bool = True,
         lora_r: int = 16,
         lora_alpha: float = 32.0,
@@ -71,8 +80,13 @@ class LoRAModule(LightningModule):
         completion_only_head: bool = True,
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
     ):
         super().__init__()
+        if adapter is not None and not Path(adapter, "adapter_config.json").is_file():
+            raise UserInputError(f"model.adapter {adapter!r} is not an adapter folder (no adapter_config.json)")
         if lora:
             check_lora_settings(lora_r, lora_alpha, lora_dropout, lora_bias)
         if learning_rate <= 0:
@@ -96,24 +110,27 @@ class LoRAModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        self.base_model_path = resolve_model_path(hp.model_name, hp.base_cache_dir)
+        name = hp.model_name or (adapter_base(hp.adapter) if hp.adapter else EMBEDDED_MODEL)
+        self.base_model_path = resolve_model_path(name, hp.base_cache_dir)
         self.tokenizer = load_tokenizer(self.base_model_path, hp.trust_remote_code)
         model = load_causal_lm(self.base_model_path, hp.trust_remote_code)
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hp.lora:
+        if hp.adapter is not None:
+            model = attach_adapter(model, hp.adapter, trainable=True)
+        elif hp.lora:
             model = apply_lora(model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_bias,
                                hp.target_modules, hp.use_rslora, hp.use_dora)
         self.model = model.train()  # from_pretrained returns eval mode; the Trainer switches modes per loop
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        rank_zero_info(f"Model {hp.model_name}: {trainable:,} trainable of {total:,} parameters "
+        rank_zero_info(f"Model {name}: {trainable:,} trainable of {total:,} parameters "
                        f"({100 * trainable / total:.2f}%)")
 
     @property
     def is_lora(self) -> bool:
-        return bool(self.hparams.lora)
+        return bool(self.hparams.lora or self.hparams.adapter)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -156,6 +173,14 @@ class LoRAModule(LightningModule):
             return
         self.log("val/loss", value, prog_bar=True, sync_dist=False)
         self.log("val/ppl", math.exp(min(value, 50)))
+
+    def predict_step(self, batch: dict[str, list], batch_idx: int) -> list[dict]:
+        """Completions for a batch of prompt rows; each row comes back with ``completion`` added."""
+        hp = self.hparams
+        prompt_format = trained_prompt_format(hp.adapter) if hp.adapter else "plain"
+        texts = generate(self.model, self.tokenizer, batch["prompt"], hp.max_new_tokens, hp.temperature, hp.top_p,
+                         batch_size=len(batch["prompt"]), prompt_format=prompt_format)
+        return [{**row, "completion": text} for row, text in zip(batch["rows"], texts)]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
