@@ -2,7 +2,7 @@
 
     lora-lightning fit --config configs/default.yaml [--model.lora_r 8 --data.max_examples_per_task 500 ...]
     lora-lightning fit --config configs/default.yaml --ckpt_path last        # resume
-    lora-lightning validate --config configs/default.yaml
+    lora-lightning test --config configs/default.yaml --model.adapter checkpoints/default/adapter   # base vs adapter
     lora-lightning predict --config configs/default.yaml --model.adapter checkpoints/default/adapter \
         --data.predict_file prompts.jsonl [--predictions.output out.jsonl]
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
@@ -22,7 +22,7 @@ from typing import NoReturn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lora_lightning.callbacks import AdapterCheckpoint, JsonlPredictionWriter
+from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter
 from lora_lightning.data import FlanDataModule
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
@@ -47,6 +47,7 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(AdapterCheckpoint, "adapter_export")
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+        parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/default",
             "checkpoint.monitor": "val/loss",

@@ -168,7 +168,7 @@ def test_a_task_defined_only_in_yaml_trains_through_fit(tmp_path, tiny_models):
         "description: Name the capital of a country.\n"
         "fields: {country: country, capital: capital, answer: {column: label, option: true}}\n"
         "options: [no, yes]\n"
-        "metrics: [accuracy]\n"
+        "metrics: [rouge_l]\n"
         "templates:\n"
         "  - {prompt: 'What is the capital of {country}?', completion: '{capital}'}\n"
         "  - {prompt: 'Is {capital} the capital of {country}?\\n\\n{options_}', completion: '{answer}'}\n")
@@ -182,3 +182,32 @@ def test_a_task_defined_only_in_yaml_trains_through_fit(tmp_path, tiny_models):
     history = json.loads((root / "adapter_last" / "training_history.json").read_text())
     assert history["data"] == {"capitals": {"available": 27, "train": 16, "validation": 3, "dropped_too_long": 0}}
     assert "Task capitals: 16 train, 3 validation examples" in out.stderr
+
+
+def test_generation_samples_are_logged_as_text_during_fit(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (run["root"] / "lightning_logs").glob("version_*/events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["tensors"])
+    assert {"samples/bool_q/text_summary", "samples/common_gen/text_summary", "samples/xsum/text_summary"} <= tags
+
+
+def test_test_command_scores_base_and_adapter(run):
+    import csv
+
+    out = run_cli("test", "--config", DEFAULT_CONFIG, "--model.model_name", str(run["base"]),
+                  "--model.adapter", str(run["root"] / "adapter"), "--data.eval_examples_per_task", "4",
+                  "--trainer.default_root_dir", str(run["root"] / "eval"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader((run["root"] / "eval_results.csv").open()))
+    by_key = {(r["task"], r["metric"]): r for r in rows}
+    assert {("bool_q", "accuracy_rank"), ("bool_q", "accuracy_exact"), ("common_gen", "rouge_l"),
+            ("common_gen", "coverage"), ("xsum", "rouge_l"), ("xsum", "loss"), ("xsum", "perplexity")} <= set(by_key)
+    for r in rows:
+        assert float(r["delta"]) == pytest.approx(float(r["adapter"]) - float(r["base"]), abs=1e-6)
+    # the adapter was trained: its held-out completion loss differs from the base's
+    assert float(by_key[("bool_q", "loss")]["delta"]) != 0
+    assert "| bool_q | accuracy_rank |" in (run["root"] / "eval_results.md").read_text()

@@ -24,6 +24,7 @@ from lora_lightning.data.cache import cache_key, file_fingerprint, load_cached, 
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
 from lora_lightning.data.tasks import TaskError, TaskSpec, load_task
+from lora_lightning.evaluation.examples import build_eval_examples
 from lora_lightning.data.tokenization import PROMPT_FORMATS, CausalLMCollator, encode_pairs
 from lora_lightning.errors import UserInputError
 from lora_lightning.model.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, resolve_model_path
@@ -61,6 +62,10 @@ class FlanDataModule(LightningDataModule):
         base_cache_dir: Cache of converted GGUF models (linked to the model's setting).
         predict_file: ``predict``: a JSON Lines file, one object per prompt with a ``prompt`` key
             (other keys are passed through to the output).
+        eval_examples_per_task: ``test`` / ``validate``: held-out examples scored per task (None: all).
+        eval_shots: ``test`` / ``validate``: training examples prepended to each prompt (0: zero-shot).
+        eval_split: ``test`` / ``validate``: the held-out split scored, ``validation`` (held out of
+            training when a task has none) or ``test``.
     """
 
     def __init__(
@@ -84,12 +89,17 @@ class FlanDataModule(LightningDataModule):
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
         predict_file: str | None = None,
+        eval_examples_per_task: int | None = 100,
+        eval_shots: int = 0,
+        eval_split: Literal["validation", "test"] = "validation",
     ):
         super().__init__()
         if predict_file is not None and not Path(predict_file).is_file():
             raise UserInputError(f"data.predict_file {predict_file!r} does not exist")
         if not tasks:
             raise UserInputError("data.tasks is empty; name at least one task")
+        if eval_shots < 0:
+            raise UserInputError(f"data.eval_shots must be 0 or more, got {eval_shots}")
         for name, value in (("max_examples_per_task", max_examples_per_task),
                             ("max_val_examples_per_task", max_val_examples_per_task)):
             if value is not None and value <= 0:
@@ -122,14 +132,15 @@ class FlanDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Once per machine: convert a GGUF base, download Hub data, tokenize into the cache."""
-        if self.hparams.cache_dir is not None and self.trainer is not None and self.trainer.state.fn != "predict":
+        if self.hparams.cache_dir is not None and self.trainer is not None and self.trainer.state.fn == "fit":
             self.load_or_build()
 
     def setup(self, stage: str | None = None) -> None:
-        if stage == "predict":
-            return
-        if self.train_set is None:
-            self.load_or_build()
+        if stage in ("fit", None):
+            if self.train_set is None:
+                self.load_or_build()
+        elif self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_path(), self.hparams.trust_remote_code)
 
     # -- building the data -----------------------------------------------------------------
 
@@ -180,16 +191,8 @@ class FlanDataModule(LightningDataModule):
         train_rows, val_rows, origins = {}, {}, {}
         for task in self.task_specs:
             files = self.files.get(task.name)
-            splits = load_task_splits(task, hp.source, files)
             origins[task.name] = ", ".join(files.values()) if files else f"{hp.source} data"
-            rows = splits["train"]
-            if "validation" in splits:
-                val = splits["validation"].shuffle(seed=hp.seed)
-            else:
-                shuffled = rows.shuffle(seed=hp.seed)
-                held = max(1, int(round(len(rows) * hp.val_fraction)))
-                val, rows = shuffled.select(range(held)), shuffled.select(range(held, len(rows)))
-            train_rows[task.name] = rows
+            train_rows[task.name], val = self.split_rows(task)
             limit = hp.max_val_examples_per_task
             val_rows[task.name] = val if limit is None or len(val) <= limit else val.select(range(limit))
         counts = mixture_counts({t: len(r) for t, r in train_rows.items()}, hp.mixing,
@@ -213,6 +216,34 @@ class FlanDataModule(LightningDataModule):
         rank_zero_info(f"Mix ({hp.mixing}): " + ", ".join(f"{t} {n}" for t, n in counts.items())
                        + f"; tokenized {total} examples in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} examples/s)")
         return {"train": train, "validation": val}
+
+    def split_rows(self, task: TaskSpec, held_out: str = "validation") -> tuple[Any, Any]:
+        """(training rows, held-out rows) of a task; without a validation split of its own, the
+        held-out rows are ``val_fraction`` of a seeded shuffle of the training rows."""
+        hp = self.hparams
+        wanted = ("train", "validation", "test") if held_out == "test" else ("train", "validation")
+        splits = load_task_splits(task, hp.source, self.files.get(task.name), wanted)
+        rows = splits["train"]
+        if held_out == "test":
+            if "test" not in splits:
+                raise UserInputError(f"task {task.name!r} has no test split here; use data.eval_split=validation")
+            return rows, splits["test"].shuffle(seed=hp.seed)
+        if "validation" in splits:
+            return rows, splits["validation"].shuffle(seed=hp.seed)
+        shuffled = rows.shuffle(seed=hp.seed)
+        held = max(1, int(round(len(rows) * hp.val_fraction)))
+        return shuffled.select(range(held, len(rows))), shuffled.select(range(held))
+
+    def eval_examples(self, limit: int | None = None) -> dict[str, list[dict]]:
+        """Per task, evaluation examples from the held-out split (``eval_split``)."""
+        hp = self.hparams
+        out = {}
+        for task in self.task_specs:
+            train, held = self.split_rows(task, hp.eval_split)
+            shot_rows = list(train.shuffle(seed=hp.seed).select(range(min(len(train), 64)))) if hp.eval_shots else []
+            out[task.name] = build_eval_examples(task, list(held), limit or hp.eval_examples_per_task, hp.seed,
+                                                 hp.eval_shots, shot_rows)
+        return out
 
     def encode(self, task: TaskSpec, rows: Any, origin: str, index_base: int = 0) -> tuple[Any, int]:
         """Template-fill and tokenize one task's rows (batched, ``num_proc`` processes).
@@ -244,6 +275,9 @@ class FlanDataModule(LightningDataModule):
 
     # -- what the rest of the project reads ------------------------------------------------
 
+    def task_by_name(self, name: str) -> TaskSpec:
+        return next(t for t in self.task_specs if t.name == name)
+
     def task_counts(self, split: str = "train") -> Counter:
         data = self.train_set if split == "train" else self.val_set
         return Counter(data["task"]) if data is not None else Counter()
@@ -260,8 +294,17 @@ class FlanDataModule(LightningDataModule):
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
+        if self.trainer is not None and self.trainer.state.fn == "validate":
+            return self.test_dataloader()  # standalone validate scores the task metrics too
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size, shuffle=False,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """Batches of evaluation examples, each batch from one task (generation budgets differ per task)."""
+        size = self.hparams.batch_size
+        batches = [examples[i:i + size] for examples in self.eval_examples().values()
+                   for i in range(0, len(examples), size)]
+        return DataLoader(batches, batch_size=None, shuffle=False, collate_fn=keep_as_is)
 
     def predict_dataloader(self) -> DataLoader:
         if self.hparams.predict_file is None:
@@ -291,3 +334,7 @@ def read_prompt_rows(path: str) -> list[dict]:
 
 def collate_prompt_rows(rows: list[dict]) -> dict[str, list]:
     return {"prompt": [r["prompt"] for r in rows], "rows": rows}
+
+
+def keep_as_is(batch: Any) -> Any:
+    return batch

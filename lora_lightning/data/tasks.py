@@ -19,6 +19,7 @@ import yaml
 from lora_lightning.errors import UserInputError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+METRIC_NAMES = ("accuracy", "rouge_l", "coverage", "exact_match", "f1", "sacrebleu")
 OPTIONS_PLACEHOLDER = "options_"
 
 
@@ -61,6 +62,22 @@ class FieldSpec:
 
 
 @dataclass(frozen=True)
+class EvalSpec:
+    """How a task is scored (the ``eval`` block of its YAML).
+
+    ``references``: a column holding a list of acceptable completions (squad ``answers.text``).
+    ``group_by``: rows sharing this column are one example whose references are all their
+    completions (common_gen ``concept_set_idx``). ``concepts``: the column of concepts whose
+    coverage is measured. ``max_new_tokens``: generation budget for this task.
+    """
+
+    max_new_tokens: int = 64
+    references: str | None = None
+    group_by: str | None = None
+    concepts: str | None = None
+
+
+@dataclass(frozen=True)
 class Template:
     prompt: str
     completion: str
@@ -80,6 +97,7 @@ class TaskSpec:
     options: Sequence[str] | None = None
     option_columns: Sequence[str] | None = None
     metrics: Sequence[str] = field(default_factory=tuple)
+    eval: EvalSpec = field(default_factory=EvalSpec)
 
     @property
     def columns(self) -> list[str]:
@@ -108,8 +126,13 @@ class TaskSpec:
         spec = cls(name=name, description=str(raw.get("description", "")), hub_path=hub.get("path"),
                    hub_name=hub.get("name"), splits=dict(raw.get("splits") or {}), fields=fields,
                    templates=templates, options=options, option_columns=option_columns,
-                   metrics=tuple(raw.get("metrics") or ()))
+                   metrics=tuple(raw.get("metrics") or ()), eval=parse_eval(name, raw.get("eval")))
         spec._check_placeholders()
+        unknown = set(spec.metrics) - set(METRIC_NAMES)
+        if unknown:
+            raise TaskError(f"task {name!r}: unknown metric(s) {sorted(unknown)}; known: {', '.join(METRIC_NAMES)}")
+        if "accuracy" in spec.metrics and spec.answer_field is None:
+            raise TaskError(f"task {name!r}: accuracy needs options and a first template completing with an option field")
         return spec
 
     def _check_placeholders(self) -> None:
@@ -131,13 +154,18 @@ class TaskSpec:
             return [str(row[c]) for c in self.option_columns]
         return list(self.options) if self.options is not None else None
 
+    def column_value(self, row: Mapping[str, Any], column: str) -> Any:
+        """A row's value at ``column``, a dotted path into nested dicts."""
+        value: Any = row
+        for part in column.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                raise TaskError(f"task {self.name!r}: row has no column {column!r}")
+            value = value[part]
+        return value
+
     def field_value(self, name: str, row: Mapping[str, Any], options: list[str] | None) -> str:
         spec = self.fields[name]
-        value: Any = row
-        for part in spec.column.split("."):
-            if not isinstance(value, Mapping) or part not in value:
-                raise TaskError(f"task {self.name!r}: row has no column {spec.column!r} (field {name!r})")
-            value = value[part]
+        value = self.column_value(row, spec.column)
         if spec.index is not None:
             if not isinstance(value, (list, tuple)) or len(value) <= spec.index:
                 raise TaskError(f"task {self.name!r}: column {spec.column!r} has no element {spec.index}")
@@ -163,6 +191,26 @@ class TaskSpec:
             values[OPTIONS_PLACEHOLDER] = format_options(options)
         return template.prompt.format(**values), template.completion.format(**values)
 
+    # -- evaluation ------------------------------------------------------------------------------
+
+    @property
+    def eval_templates(self) -> list[int]:
+        """Templates scored in evaluation: those completing with the task's main target (the first
+        template's completion), so a summary is never scored against a "write an article" output."""
+        main = self.templates[0].completion
+        return [i for i, t in enumerate(self.templates) if t.completion == main]
+
+    @property
+    def answer_field(self) -> str | None:
+        """The option-mapped field the main completion names, for classification tasks; else None."""
+        names = [p for _, p, _, _ in string.Formatter().parse(self.templates[0].completion) if p]
+        if len(names) == 1 and names[0] in self.fields and self.fields[names[0]].option:
+            return names[0]
+        return None
+
+    def answer_index(self, row: Mapping[str, Any]) -> int:
+        return int(self.column_value(row, self.fields[self.answer_field].column))
+
     def format_random(self, row: Mapping[str, Any], seed: int, index: int) -> tuple[str, str]:
         """Fill a template drawn for this example by a RNG seeded with (seed, task, index).
 
@@ -171,6 +219,13 @@ class TaskSpec:
         """
         rng = random.Random(f"{seed}:{self.name}:{index}")
         return self.format(row, rng.randrange(len(self.templates)))
+
+
+def parse_eval(task: str, raw: Any) -> EvalSpec:
+    known = set(EvalSpec.__dataclass_fields__)
+    if raw is not None and (not isinstance(raw, Mapping) or set(raw) - known):
+        raise TaskError(f"task {task!r}: 'eval' takes only {', '.join(sorted(known))}")
+    return EvalSpec(**(raw or {}))
 
 
 def format_options(options: Sequence[str]) -> str:

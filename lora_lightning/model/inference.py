@@ -83,16 +83,20 @@ def load_adapters(base_model_path: str | None, adapters: dict[str, str | Path], 
 @torch.inference_mode()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 8,
-             prompt_format: str = "plain") -> list[str]:
-    """Completions for ``prompts``, batched with left padding; greedy when temperature is 0."""
+             prompt_format: str = "plain", max_prompt_tokens: int | None = None) -> list[str]:
+    """Completions for ``prompts``, batched with left padding; greedy when temperature is 0.
+
+    ``max_prompt_tokens`` cuts longer prompts from the start, as training does.
+    """
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p, prompt_format) for p in prompts[start:start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True,
-                        add_special_tokens=prompt_format == "plain").to(device)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=prompt_format == "plain",
+                        truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens).to(device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, **sampling)
         new = out[:, enc["input_ids"].shape[1]:]

@@ -38,20 +38,34 @@ def completion_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
 
     Returning the sum (not the mean) lets callers average over tokens across batches and devices.
     """
+    losses, _ = token_losses(model, input_ids, attention_mask, labels, chunk_tokens, completion_only_head)
+    return losses.sum(), int(losses.numel())
+
+
+def sequence_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    completion_only_head: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed completion cross-entropy (minus its log-probability) and its token count."""
+    losses, rows = token_losses(model, input_ids, attention_mask, labels, completion_only_head=completion_only_head)
+    n = input_ids.shape[0]
+    sums = torch.zeros(n, dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
+    counts = torch.zeros(n, dtype=torch.long, device=losses.device).index_add_(0, rows, torch.ones_like(rows))
+    return sums, counts
+
+
+def token_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 chunk_tokens: int = 2048, completion_only_head: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at every labelled position (float32), and the batch row of each."""
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
     targets = shift_labels[mask]
-    count = int(targets.numel())
+    rows = mask.nonzero()[:, 0]
     if not (completion_only_head and supports_completion_only_head(model)):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        loss = F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="sum")
-        return loss, count
+        return F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="none"), rows
     hf = unwrap_causal_lm(model)
     hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
     picked = hidden[:, :-1][mask]
     head = hf.get_output_embeddings()
-    loss = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, count, chunk_tokens):
-        logits = head(picked[start:start + chunk_tokens]).float()
-        loss = loss + F.cross_entropy(logits, targets[start:start + chunk_tokens], reduction="sum")
-    return loss, count
+    parts = [F.cross_entropy(head(picked[start:start + chunk_tokens]).float(), targets[start:start + chunk_tokens],
+                             reduction="none") for start in range(0, int(targets.numel()), chunk_tokens)]
+    return (torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)), rows

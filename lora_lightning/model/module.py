@@ -7,6 +7,7 @@ trainable weights (the adapter), never the frozen base.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -155,11 +156,15 @@ class LoRAModule(LightningModule):
         if loss is not None:
             self.loss_history["train_loss"].append([self.global_step, float(loss.detach())])
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor] | list[dict], batch_idx: int) -> None:
+        if isinstance(batch, list):  # standalone `validate`: evaluation examples, scored like `test`
+            return self.test_step(batch, batch_idx)
         loss, count = self._loss(batch)
         self.val_loss.update(loss.detach(), weight=count)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn == "validate":
+            return self.on_test_epoch_end()
         value = float(self.val_loss.compute())
         self.val_loss.reset()
         self.last_val_loss = value
@@ -173,6 +178,61 @@ class LoRAModule(LightningModule):
             return
         self.log("val/loss", value, prog_bar=True, sync_dist=False)
         self.log("val/ppl", math.exp(min(value, 50)))
+
+    # -- evaluation (test, standalone validate) -----------------------------------------------
+
+    def eval_modes(self) -> list[str]:
+        """``base`` and ``adapter`` when a trained adapter is loaded (so the table shows what it
+        bought), else ``model`` alone."""
+        return ["base", "adapter"] if self.hparams.adapter else ["model"]
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_records = {mode: [] for mode in self.eval_modes()}
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "validate":
+            self.on_test_epoch_start()
+
+    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+        from lora_lightning.evaluation.scoring import score_examples
+
+        if not hasattr(self, "eval_records"):
+            self.on_test_epoch_start()
+        dm = self.trainer.datamodule
+        task = dm.task_by_name(batch[0]["task"])
+        prompt_format = trained_prompt_format(self.hparams.adapter) if self.hparams.adapter else dm.hparams.prompt_format
+        for mode in self.eval_modes():
+            with (self.model.disable_adapter() if mode == "base" else contextlib.nullcontext()):
+                self.eval_records[mode] += score_examples(self.model, self.tokenizer, batch, task.eval.max_new_tokens,
+                                                          dm.hparams.max_length, prompt_format)
+
+    def on_test_epoch_end(self) -> None:
+        from lora_lightning.evaluation.report import as_csv, as_markdown, results_rows, task_metrics
+
+        records = {mode: gather_objects(rows) for mode, rows in self.eval_records.items()}
+        del self.eval_records
+        dm = self.trainer.datamodule
+        results = {mode: {t.name: task_metrics(t, [r for r in rows if r["task"] == t.name]) for t in dm.task_specs}
+                   for mode, rows in records.items()}
+        stage = "test" if self.trainer.state.fn == "test" else "validate"
+        for mode, per_task in results.items():
+            prefix = stage if mode != "base" else f"{stage}_base"
+            for task, values in per_task.items():
+                for metric, value in values.items():
+                    self.log(f"{prefix}/{task}/{metric}", value, rank_zero_only=True)
+        if not self.trainer.is_global_zero:
+            return
+        rows = results_rows(results)
+        shots = dm.hparams.eval_shots
+        where = Path(self.hparams.adapter).parent if self.hparams.adapter else Path(self.trainer.default_root_dir)
+        name = f"eval_results{'' if not shots else f'_{shots}shot'}"
+        title = (f"Held-out {dm.hparams.eval_split} examples ({shots}-shot), base model vs adapter"
+                 if self.hparams.adapter else f"Held-out {dm.hparams.eval_split} examples ({shots}-shot)")
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"{name}.md").write_text(as_markdown(rows, f"## {title}"))
+        (where / f"{name}.csv").write_text(as_csv(rows))
+        self.eval_results = results
+        rank_zero_info(f"{title}:\n{as_markdown(rows)}Written to {where / name}.md and .csv")
 
     def predict_step(self, batch: dict[str, list], batch_idx: int) -> list[dict]:
         """Completions for a batch of prompt rows; each row comes back with ``completion`` added."""
@@ -215,3 +275,14 @@ class LoRAModule(LightningModule):
                 f"checkpoint lacks {len(missing)} trainable weights of this model (first: {missing[0]}); "
                 "it was written for another base model or LoRA setting")
         self.loss_history = checkpoint.get("loss_history", self.loss_history)
+
+
+def gather_objects(rows: list) -> list:
+    """All ranks' Python objects on every rank (identity when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]

@@ -1,0 +1,63 @@
+"""Scoring a batch of evaluation examples with a model: completion loss, generation, rank classification.
+
+Rank classification is FLAN's: each option is scored by the log-probability of the option's tokens
+(and the EOS that ends every trained completion) after the prompt, and the highest wins. All
+options of all examples in a batch go through one forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from lora_lightning.data.tokenization import CausalLMCollator, encode_pairs
+from lora_lightning.model.inference import generate
+from lora_lightning.model.loss import sequence_losses
+
+
+@torch.inference_mode()
+def completion_nll(model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int,
+                   prompt_format: str = "plain") -> tuple[list[float], list[int]]:
+    """Per pair: summed negative log-likelihood of the completion (+ EOS) and its token count."""
+    encoded = encode_pairs(tokenizer, prompts, completions, max_length, prompt_format)
+    kept = [i for i, e in enumerate(encoded) if e is not None]
+    sums, counts = [float("nan")] * len(prompts), [0] * len(prompts)
+    if not kept:
+        return sums, counts
+    batch = CausalLMCollator(tokenizer.pad_token_id)([vars(encoded[i]) for i in kept])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    row_sums, row_counts = sequence_losses(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    for j, i in enumerate(kept):
+        sums[i], counts[i] = float(row_sums[j]), int(row_counts[j])
+    return sums, counts
+
+
+def rank_classify(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[Sequence[str]],
+                  max_length: int, prompt_format: str = "plain") -> list[int]:
+    """For each prompt, the index of its option with the highest completion log-probability."""
+    flat_prompts = [p for p, opts in zip(prompts, options) for _ in opts]
+    flat_options = [o for opts in options for o in opts]
+    nll, _ = completion_nll(model, tokenizer, flat_prompts, flat_options, max_length, prompt_format)
+    choices, start = [], 0
+    for opts in options:
+        scores = nll[start:start + len(opts)]
+        choices.append(min(range(len(opts)), key=lambda k: scores[k]))
+        start += len(opts)
+    return choices
+
+
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[dict], max_new_tokens: int, max_length: int,
+                   prompt_format: str = "plain") -> list[dict]:
+    """Per example: loss sum and tokens of the reference completion, the generated text, and for
+    classification the rank-classified option."""
+    prompts = [e["prompt"] for e in examples]
+    nll, counts = completion_nll(model, tokenizer, prompts, [e["reference"] for e in examples], max_length,
+                                 prompt_format)
+    texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts),
+                     prompt_format=prompt_format, max_prompt_tokens=max(max_length - max_new_tokens, 8))
+    ranked = (rank_classify(model, tokenizer, prompts, [e["options"] for e in examples], max_length, prompt_format)
+              if examples and examples[0]["options"] else [None] * len(examples))
+    return [{**e, "loss_sum": s, "tokens": c, "prediction": t, "ranked": r}
+            for e, s, c, t, r in zip(examples, nll, counts, texts, ranked)]
