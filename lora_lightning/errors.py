@@ -6,3 +6,7 @@ The CLI turns these into a one-line message and exit status 2 instead of a trace
 
 class UserInputError(ValueError):
     """Bad input from the user; the message names the problem and what to do."""
+
+
+class TrainingHalted(RuntimeError):
+    """Training stopped on purpose (a non-finite loss or gradient); the message names the step."""

@@ -38,7 +38,7 @@ def test_load_lora_model_uses_the_base_the_adapter_names(saved_adapter, tiny_mod
 
 
 def test_adapter_on_the_wrong_base_is_a_clear_error(saved_adapter, tiny_models):
-    with pytest.raises(ModelLoadError, match="does not fit base"):
+    with pytest.raises(ModelLoadError, match="cannot be loaded onto base"):
         load_lora_model(str(tiny_models["llama"]), saved_adapter)
 
 

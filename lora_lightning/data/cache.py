@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from lora_lightning.atomic_write import atomic_folder
 
-CACHE_VERSION = 1  # bump when the tokenization code changes what it produces
+CACHE_VERSION = 2  # bump when the tokenization code changes what it produces
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

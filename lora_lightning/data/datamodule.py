@@ -11,6 +11,7 @@ it, and the DataLoader shuffles the mixed training set every epoch.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,11 +23,12 @@ from torch.utils.data import DataLoader
 
 from lora_lightning.data.cache import cache_key, file_fingerprint, load_cached, save_cached, tokenizer_fingerprint
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
+from lora_lightning.data.sampling import ResumableSampler
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
 from lora_lightning.data.tasks import TaskError, TaskSpec, load_task
-from lora_lightning.evaluation.examples import build_eval_examples
 from lora_lightning.data.tokenization import PROMPT_FORMATS, CausalLMCollator, encode_pairs
 from lora_lightning.errors import UserInputError
+from lora_lightning.evaluation.examples import build_eval_examples
 from lora_lightning.model.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, resolve_model_path
 
 VALIDATION_INDEX_BASE = 1_000_000_000  # template draws of validation rows never repeat training ones
@@ -248,7 +250,7 @@ class FlanDataModule(LightningDataModule):
     def encode(self, task: TaskSpec, rows: Any, origin: str, index_base: int = 0) -> tuple[Any, int]:
         """Template-fill and tokenize one task's rows (batched, ``num_proc`` processes).
 
-        Returns the kept examples (input_ids, labels, task) and how many were dropped as too long.
+        Returns the kept examples (input_ids, labels, task, example_id) and how many were dropped as too long.
         """
         hp, tokenizer = self.hparams, self.tokenizer
 
@@ -262,7 +264,8 @@ class FlanDataModule(LightningDataModule):
                                    hp.prompt_format)
             return {"input_ids": [e.input_ids if e else [] for e in encoded],
                     "labels": [e.labels if e else [] for e in encoded],
-                    "task": [task.name] * len(encoded)}
+                    "task": [task.name] * len(encoded),
+                    "example_id": [f"{task.name}:{index_base + i}" for i in indices]}
 
         if len(rows) == 0:
             return rows.select([]), 0
@@ -290,7 +293,18 @@ class FlanDataModule(LightningDataModule):
         return CausalLMCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
+        """Batches in an order fixed by (seed, epoch, rank); a resumed run skips what it already trained on."""
+        trainer = self.trainer
+        world, rank, done = 1, 0, 0
+        if trainer is not None:
+            world, rank = trainer.world_size, trainer.global_rank
+            # Restored from the checkpoint before dataloaders are built: batches already trained on
+            # in the current epoch (0 at an epoch boundary).
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed)
+        per_epoch = math.ceil(sampler.num_samples / self.hparams.batch_size)
+        sampler.skip = (done % per_epoch) * self.hparams.batch_size  # a checkpoint at an epoch's end skips nothing
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:

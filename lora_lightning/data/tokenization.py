@@ -93,7 +93,7 @@ class CausalLMCollator:
     """Pads a batch to its own longest sequence (right padding) with an attention mask.
 
     Padded positions get ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask`` and -100 in
-    ``labels``.
+    ``labels``. Example ids, when the examples have them, pass through (for auditing what was trained on).
     """
 
     def __init__(self, pad_token_id: int):
@@ -109,4 +109,7 @@ class CausalLMCollator:
             input_ids[row, :n] = torch.as_tensor(ex["input_ids"])
             labels[row, :n] = torch.as_tensor(ex["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "example_id" in batch[0]:
+            out["example_id"] = [ex["example_id"] for ex in batch]
+        return out

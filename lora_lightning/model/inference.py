@@ -57,8 +57,8 @@ def attach_adapter(model: Any, adapter: str | Path, trainable: bool = False, nam
             model.load_adapter(str(adapter), adapter_name=name, is_trainable=trainable)
             return model
         return PeftModel.from_pretrained(model, str(adapter), adapter_name=name, is_trainable=trainable)
-    except (ValueError, RuntimeError, OSError, KeyError) as err:
-        raise ModelLoadError(f"adapter {str(adapter)!r} does not fit base {model.name_or_path!r}: "
+    except Exception as err:  # size mismatches, missing modules, corrupt safetensors: all "cannot use this"
+        raise ModelLoadError(f"adapter {str(adapter)!r} cannot be loaded onto base {model.name_or_path!r}: "
                              f"{str(err).strip().splitlines()[0]}") from None
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
-from lora_lightning.errors import UserInputError
+from lora_lightning.errors import TrainingHalted, UserInputError
 from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_causal_lm, load_tokenizer,
                                           resolve_model_path)
 from lora_lightning.model.inference import adapter_base, attach_adapter, generate, trained_prompt_format
@@ -56,6 +56,8 @@ class LoRAModule(LightningModule):
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
+        nonfinite: What a non-finite loss or gradient does: ``stop`` the run with a message naming
+            the step (the last good checkpoint stays as it was), or ``skip`` that batch's update.
         max_new_tokens: ``predict``: most tokens generated per prompt.
         temperature: ``predict``: 0 for greedy decoding, above 0 to sample.
         top_p: ``predict``: nucleus sampling mass when sampling.
@@ -81,6 +83,7 @@ class LoRAModule(LightningModule):
         completion_only_head: bool = True,
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
+        nonfinite: Literal["stop", "skip"] = "stop",
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -101,6 +104,7 @@ class LoRAModule(LightningModule):
         # Checkpoints carry only trainable weights; loading checks them in on_load_checkpoint.
         self.strict_loading = False
         self.val_loss = MeanMetric()
+        self.skipped_updates = 0
         self.last_val_loss: float | None = None
         self.loss_history: dict[str, list] = {"train_loss": [], "val_loss": []}
 
@@ -145,6 +149,10 @@ class LoRAModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self._loss(batch)
+        if not torch.isfinite(loss) and self.hparams.nonfinite == "stop":
+            raise TrainingHalted(f"non-finite loss ({float(loss)}) at step {self.global_step} (epoch "
+                                 f"{self.current_epoch}, batch {batch_idx}); the last good checkpoint is kept. "
+                                 "Lower model.learning_rate, or set model.nonfinite=skip")
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)), batch_size=bs)
@@ -244,9 +252,22 @@ class LoRAModule(LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        if not torch.isfinite(norm):
+            if self.hparams.nonfinite == "stop":
+                raise TrainingHalted(f"non-finite gradient norm at step {self.global_step} (epoch {self.current_epoch}); "
+                                     "the last good checkpoint is kept. Lower model.learning_rate, or set "
+                                     "model.nonfinite=skip")
+            # Parameters without a gradient are left alone by AdamW: this update is skipped entirely.
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            rank_zero_info(f"Skipped the update of step {self.global_step}: non-finite gradient "
+                           f"({self.skipped_updates} skipped so far)")
+            self.log("train/skipped_updates", float(self.skipped_updates))
+            return
+        self.log("train/grad_norm", norm)
 
     # -- optimizer ---------------------------------------------------------------------------
 
@@ -269,11 +290,18 @@ class LoRAModule(LightningModule):
         checkpoint["base_model_path"] = self.base_model_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self.trainable_names() - set(checkpoint.get("state_dict", {})))
+        state = checkpoint.get("state_dict", {})
+        missing = sorted(self.trainable_names() - set(state))
         if missing:
             raise CheckpointMismatchError(
                 f"checkpoint lacks {len(missing)} trainable weights of this model (first: {missing[0]}); "
                 "it was written for another base model or LoRA setting")
+        own = dict(self.named_parameters())
+        wrong = [k for k in sorted(state) if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if wrong:
+            raise CheckpointMismatchError(
+                f"checkpoint weight {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but this model's is "
+                f"{tuple(own[wrong[0]].shape)}; it was written with another lora_r or base model")
         self.loss_history = checkpoint.get("loss_history", self.loss_history)
 
 
