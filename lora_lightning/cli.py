@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, PreemptionCheckpoint
 from lora_lightning.data import FlanDataModule
@@ -71,6 +72,8 @@ class LoRALightningCLI(LightningCLI):
         path = config.get("ckpt_path")
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True  # checkpoints are tensors and plain values: never unpickle code
 
 
 def ckpt_dir(root: str | None) -> str:
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingHalted as err:
         print(f"{PROG}: stopped: {err}", file=sys.stderr)
         sys.exit(1)
+    except SIGTERMException:
+        # Lightning exits 0 on SIGTERM; a preempted run did not finish, so say so (128 + SIGTERM).
+        print(f"{PROG}: stopped by SIGTERM; last.ckpt holds the last step, resume with --ckpt_path last",
+              file=sys.stderr)
+        sys.exit(143)
     except FileNotFoundError as err:
         fail(str(err).strip().splitlines()[0])
 

@@ -11,7 +11,6 @@ it, and the DataLoader shuffles the mixed training set every epoch.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -295,17 +294,18 @@ class FlanDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches in an order fixed by (seed, epoch, rank); a resumed run skips what it already trained on."""
         trainer = self.trainer
-        world, rank, done = 1, 0, 0
-        if trainer is not None:
-            world, rank = trainer.world_size, trainer.global_rank
-            # Restored from the checkpoint before dataloaders are built: batches already trained on
-            # in the current epoch (0 at an epoch boundary).
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed)
-        per_epoch = math.ceil(sampler.num_samples / self.hparams.batch_size)
-        sampler.skip = (done % per_epoch) * self.hparams.batch_size  # a checkpoint at an epoch's end skips nothing
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed,
+                                   batch_size=self.hparams.batch_size, batches_done=self.batches_done_this_epoch)
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
+
+    def batches_done_this_epoch(self) -> int:
+        """Batches of the current epoch the training loop counts as done when the epoch's iteration
+        starts: 0 normally, more when resumed from a mid-epoch checkpoint."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def val_dataloader(self) -> DataLoader:
         if self.trainer is not None and self.trainer.state.fn == "validate":

@@ -149,6 +149,13 @@ class LoRAModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self._loss(batch)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+            # global completion tokens makes that average the global per-token mean, the same
+            # loss a single device computes on the whole global batch.
+            total = self.trainer.strategy.reduce(torch.tensor(float(count), device=loss.device), reduce_op="sum")
+            loss = loss * (world * count / total.clamp(min=1))
         if not torch.isfinite(loss) and self.hparams.nonfinite == "stop":
             raise TrainingHalted(f"non-finite loss ({float(loss)}) at step {self.global_step} (epoch "
                                  f"{self.current_epoch}, batch {batch_idx}); the last good checkpoint is kept. "
@@ -184,8 +191,9 @@ class LoRAModule(LightningModule):
             for logger in self.loggers:
                 logger.log_metrics({"val/loss": value, "val/ppl": math.exp(min(value, 50))}, step=self.global_step)
             return
-        self.log("val/loss", value, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", math.exp(min(value, 50)))
+        # MeanMetric.compute() already reduced across ranks: every rank holds the same value.
+        self.log("val/loss", value, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", math.exp(min(value, 50)), sync_dist=True)
 
     # -- evaluation (test, standalone validate) -----------------------------------------------
 
