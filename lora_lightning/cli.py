@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, PreemptionCheckpoint
+from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, LastCheckpoint
 from lora_lightning.data import FlanDataModule
 from lora_lightning.checkpoint_io import read_checkpoint
 from lora_lightning.errors import TrainingHalted, UserInputError
@@ -50,28 +50,34 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterCheckpoint, "adapter_export")
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationSamples, "samples")
-        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/default",
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
             "checkpoint.save_top_k": 1,
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # last.ckpt is last_checkpoint's
             "checkpoint.filename": "best-{step}",
         })
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=ckpt_dir)
+        parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=ckpt_dir)
         parser.link_arguments("trainer.default_root_dir", "adapter_export.dirpath")
         for key in ("trust_remote_code", "base_cache_dir"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
         parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
 
 
-    def before_instantiate_classes(self) -> None:
-        """Checks a checkpoint given to resume from before anything is built or written."""
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+    def _parse_ckpt_path(self) -> None:
+        """Checks a checkpoint file given to resume from before Lightning reads its hyperparameters,
+        so a truncated, corrupt or code-carrying file is a one-line error and nothing gets built."""
+        config = self.config.get(self.config.get("subcommand"), self.config) if self.config.get("subcommand") else self.config
         path = config.get("ckpt_path")
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True  # checkpoints are tensors and plain values: never unpickle code
 

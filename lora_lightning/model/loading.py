@@ -105,7 +105,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load a tokenizer from {path!r}: {first_line(err)}") from None
+        raise load_error("a tokenizer", path, err) from None
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"the tokenizer of {path!r} has no EOS token; set eos_token in its tokenizer_config.json")
     if tokenizer.pad_token_id is None:
@@ -121,7 +121,14 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "flo
         return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                     dtype=getattr(torch, dtype))
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {path!r}: {first_line(err)}") from None
+        raise load_error("model", path, err) from None
+
+
+def load_error(what: str, path: str, err: BaseException) -> ModelLoadError:
+    if "trust_remote_code" in str(err):
+        return ModelLoadError(f"{path!r} needs code from its own repository to load (auto_map in its config); "
+                              "that code runs only with --model.trust_remote_code true, if you trust it")
+    return ModelLoadError(f"cannot load {what} {path!r}: {first_line(err)}")
 
 
 def first_line(err: BaseException) -> str:
