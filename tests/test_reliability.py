@@ -105,6 +105,7 @@ def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_
     trained = audit(crashed)
     saved = torch.load(crashed / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     lost = trained[-1]["step"] - saved
+    print(f"FAULT {sig.name}: stopped after step {trained[-1]['step']}, last.ckpt at step {saved}, {lost} lost")
     if sig == signal.SIGTERM:
         assert proc.returncode != 0 and lost == 0  # preemption saved exactly where it stopped
     else:
