@@ -6,7 +6,7 @@ CONFIG ?= configs/default.yaml
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test tensorboard clean
+.PHONY: install train eval test bench bench-gpu tensorboard clean
 
 install: $(STAMP)
 
@@ -29,6 +29,15 @@ eval: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)
+
+# Benchmarks (not tests): this project vs Transformers Trainer + PEFT, and LoRA vs full fine-tuning.
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py $(ARGS)
+	$(PY) tests/benchmarks/lora_vs_full.py
+
+bench-gpu: install
+	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --device cuda $(ARGS)
+	$(PY) tests/benchmarks/lora_vs_full.py --device cuda
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir checkpoints

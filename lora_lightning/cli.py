@@ -23,7 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lora_lightning.callbacks import AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, LastCheckpoint
+from lora_lightning.callbacks import (AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, LastCheckpoint,
+                                     ThroughputLogger)
 from lora_lightning.data import FlanDataModule
 from lora_lightning.checkpoint_io import read_checkpoint
 from lora_lightning.errors import TrainingHalted, UserInputError
@@ -51,6 +52,7 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(ThroughputLogger, "throughput")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/default",
             "checkpoint.monitor": "val/loss",

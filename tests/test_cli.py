@@ -110,7 +110,9 @@ def test_tensorboard_event_files_hold_the_training_curves(run):
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    assert {"train/loss", "train/ppl", "train/grad_norm", "val/loss", "val/ppl", "lr-AdamW"} <= set(scalars)
+    assert {"train/loss", "train/ppl", "train/grad_norm", "val/loss", "val/ppl", "lr-AdamW", "perf/tokens_per_s",
+            "perf/samples_per_s", "perf/mfu"} <= set(scalars)
+    assert all(0 < v < 1 for _, v in scalars["perf/mfu"]) and all(v > 0 for _, v in scalars["perf/tokens_per_s"])
     val_steps = sorted(s for s, _ in scalars["val/loss"])
     assert val_steps[0] == 0 and val_steps[-1] > 0
     lrs = [v for _, v in sorted(scalars["lr-AdamW"])]

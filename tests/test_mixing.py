@@ -65,3 +65,32 @@ def test_datamodule_realises_the_formula(tiny_models, mixing, cap, temperature):
     if mixing == "temperature":
         exact = 200 * 40 ** (1 / 3) / sum(n ** (1 / 3) for n in sizes.values())
         assert math.isclose(dm.task_counts("train")["xsum"], exact, abs_tol=1)
+
+
+def test_length_grouping_cuts_padding_and_keeps_a_seeded_complete_order():
+    import random
+
+    from lora_lightning.data.sampling import ResumableSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(203)]
+    data = list(range(203))
+
+    def padding(order, bs=8):
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = list(ResumableSampler(data, seed=1, batch_size=8))
+    grouped = ResumableSampler(data, seed=1, batch_size=8, lengths=lengths)
+    first = list(grouped)
+    assert sorted(first) == sorted(plain) == data  # every example once
+    assert padding(first) < 0.5 * padding(plain)
+    assert list(grouped) == first  # same epoch, same order
+    grouped.set_epoch(1)
+    assert list(grouped) != first
+    # batch boundaries hold: only the last batch is short
+    sizes = [len(first[i:i + 8]) for i in range(0, 203, 8)]
+    assert sizes[:-1] == [8] * 25 and sizes[-1] == 3
+    # resuming after 4 batches continues with the 5th
+    resumed = ResumableSampler(data, seed=1, batch_size=8, lengths=lengths, batches_done=lambda: 4)
+    assert list(resumed) == first[32:]

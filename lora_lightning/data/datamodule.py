@@ -54,6 +54,8 @@ class FlanDataModule(LightningDataModule):
         max_length: Longest tokenized example; longer prompts are cut from the start, and examples
             whose completion alone does not fit are dropped (and counted).
         batch_size: Examples per batch and device (global batch = devices x batch_size x accumulate_grad_batches).
+        group_by_length: Batch examples of similar length together (less padding, faster); batches
+            stay in a seeded random order.
         num_workers: DataLoader worker processes.
         num_proc: Processes for tokenization (None: one).
         seed: Seed for row selection, template choice and validation hold-out.
@@ -82,6 +84,7 @@ class FlanDataModule(LightningDataModule):
         prompt_format: Literal["plain", "chat"] = "plain",
         max_length: int = 512,
         batch_size: int = 8,
+        group_by_length: bool = False,
         num_workers: int = 0,
         num_proc: int | None = None,
         seed: int = 42,
@@ -295,8 +298,10 @@ class FlanDataModule(LightningDataModule):
         """Batches in an order fixed by (seed, epoch, rank); a resumed run skips what it already trained on."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.hparams.group_by_length else None
         sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed,
-                                   batch_size=self.hparams.batch_size, batches_done=self.batches_done_this_epoch)
+                                   batch_size=self.hparams.batch_size, batches_done=self.batches_done_this_epoch,
+                                   lengths=lengths)
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
                           collate_fn=self.collator(), num_workers=self.hparams.num_workers)
 
