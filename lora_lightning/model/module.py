@@ -22,7 +22,7 @@ from lora_lightning.model.loading import (DEFAULT_BASE_CACHE, EMBEDDED_MODEL, lo
                                           resolve_model_path)
 from lora_lightning.model.inference import adapter_base, attach_adapter, generate, trained_prompt_format
 from lora_lightning.model.lora import apply_lora, check_lora_settings
-from lora_lightning.model.loss import completion_loss
+from lora_lightning.model.loss import completion_loss, unwrap_causal_lm
 from lora_lightning.model.optim import decay_groups, warmup_then_decay
 
 
@@ -53,6 +53,7 @@ class LoRAModule(LightningModule):
         warmup_ratio: Share of the optimizer steps spent warming the learning rate up from 0.
         lr_schedule: Decay after warmup: ``linear`` or ``cosine``, down to 0 at the last step.
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
+        compile: ``torch.compile`` the transformer body (slower first steps, then faster kernels).
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
@@ -80,6 +81,7 @@ class LoRAModule(LightningModule):
         warmup_ratio: float = 0.06,
         lr_schedule: Literal["linear", "cosine"] = "linear",
         gradient_checkpointing: bool = False,
+        compile: bool = False,
         completion_only_head: bool = True,
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
@@ -127,6 +129,8 @@ class LoRAModule(LightningModule):
         elif hp.lora:
             model = apply_lora(model, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_bias,
                                hp.target_modules, hp.use_rslora, hp.use_dora)
+        if hp.compile:
+            unwrap_causal_lm(model).base_model.compile()  # in place: the peft wrapper and state dict keep their names
         self.model = model.train()  # from_pretrained returns eval mode; the Trainer switches modes per loop
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
