@@ -33,10 +33,12 @@ test: install
 # Benchmarks (not tests): this project vs Transformers Trainer + PEFT, and LoRA vs full fine-tuning.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --variants $(ARGS)
 	$(PY) tests/benchmarks/lora_vs_full.py
 
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --device cuda $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --device cuda --variants $(ARGS)
 	$(PY) tests/benchmarks/lora_vs_full.py --device cuda
 
 tensorboard: install

@@ -34,3 +34,13 @@ def test_lora_vs_full_table_starts(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     assert "| tiny | full |" in table and "| tiny | lora |" in table
+
+
+def test_option_variants_run(tiny_models, tmp_path):
+    out = tmp_path / "bench.md"
+    done = run("bench.py", "--smoke", "--variants", "--model", str(tiny_models["gpt2"]), "--output", str(out),
+               "--batch-size", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "variants.md").read_text()
+    for option in ("default: bf16-mixed", "fp32", "full-logits head", "gradient checkpointing"):
+        assert f"| {option}" in table  # (compile is left out of smoke runs: it takes minutes)

@@ -86,7 +86,8 @@ def run_ours(args, model_path: str, examples: list[dict], clock: StepClock) -> N
             clock.stop(float(outputs["loss"]))
 
     module = LoRAModule(model_name=model_path, lora_r=16, lora_alpha=32, lora_dropout=0.1, learning_rate=args.lr,
-                        warmup_ratio=0.0, lr_schedule="linear")
+                        warmup_ratio=0.0, lr_schedule="linear", gradient_checkpointing=args.gradient_checkpointing,
+                        compile=args.compile, completion_only_head=not args.full_head)
     collate = CausalLMCollator(pad_token_id=args.pad_id)
     loader = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
     L.seed_everything(args.seed, verbose=False)
@@ -158,7 +159,8 @@ def worker(args) -> None:
     batches = [collate(examples[i:i + args.batch_size]) for i in range(0, n, args.batch_size)][args.warmup:]
     timed = clock.seconds[args.warmup:args.warmup + args.steps]
     tokens = sum(float(b["attention_mask"].sum()) for b in batches)
-    flops = sum(batch_flops(args.flops_model, b, completion_only_head=args.worker == "ours") for b in batches)
+    flops = sum(batch_flops(args.flops_model, b, completion_only_head=args.worker == "ours" and not args.full_head)
+                for b in batches)
     dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
     peak = peak_flops(torch.device(args.device), dtype)
     result = {
@@ -185,6 +187,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="1 step, 1 round: check that the harness runs")
     parser.add_argument("--output", default=str(REPO / "checkpoints" / "bench" / "bench.md"))
+    parser.add_argument("--variants", action="store_true",
+                        help="measure this project's options instead: fp32, full-logits head, gradient checkpointing, compile")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--full-head", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,22 +199,50 @@ def main() -> None:
         return worker(args)
     if args.smoke:
         args.steps, args.warmup, args.rounds = 1, 1, 1
+    if args.variants:
+        return print(variants(args))
     results: dict[str, list[dict]] = {"ours": [], "transformers": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             for system in ("ours", "transformers"):  # alternate, so drift hits both alike
                 out = Path(tmp) / f"{system}-{round_}.json"
-                cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), "--model", args.model,
-                       "--device", args.device, "--precision", args.precision, "--batch-size", str(args.batch_size),
-                       "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup",
-                       str(args.warmup), "--lr", str(args.lr), "--seed", str(args.seed)]
-                env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    sys.exit(f"{system} run failed:\n{done.stderr[-4000:]}")
-                results[system].append(json.loads(out.read_text()))
+                results[system].append(run_worker(args, system, out))
                 print(f"round {round_ + 1} {system}: {results[system][-1]['tokens_per_s']:.0f} tokens/s", flush=True)
     print(report(args, results))
+
+
+def run_worker(args, system: str, out: Path, *flags: str, precision: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), "--model", args.model,
+           "--device", args.device, "--precision", precision or args.precision, "--batch-size", str(args.batch_size),
+           "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup",
+           str(args.warmup), "--lr", str(args.lr), "--seed", str(args.seed), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{system} {' '.join(flags)} run failed:\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def variants(args) -> str:
+    """This project's speed and memory options, one at a time against the default (bf16, head on completions)."""
+    rows = [("default: bf16-mixed, completion-only head", (), None), ("fp32 (32-true)", (), "32-true"),
+            ("full-logits head", ("--full-head",), None), ("gradient checkpointing", ("--gradient-checkpointing",), None),
+            ("torch.compile", ("--compile",), None)]
+    if args.smoke:
+        rows = rows[:-1]  # compiling takes minutes: not for a smoke run
+    lines = [f"Options of lora_lightning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), "
+             f"device {args.device}; same workload as the comparison, {args.steps} timed steps after {args.warmup} "
+             "warm-up", "", "| option | tokens/s | peak RSS (MB) | MFU | loss (last steps) |", "| --- | --- | --- | --- | --- |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, flags, precision) in enumerate(rows):
+            r = run_worker(args, "ours", Path(tmp) / f"v{i}.json", *flags, precision=precision)
+            tail = statistics.mean(r["losses"][-3:])
+            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {mfu} | {tail:.4f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    Path(args.output).with_name("variants.md").write_text(text)
+    return text
 
 
 def report(args, results: dict[str, list[dict]]) -> str:
