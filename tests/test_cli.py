@@ -213,3 +213,11 @@ def test_test_command_scores_base_and_adapter(run):
     # the adapter was trained: its held-out completion loss differs from the base's
     assert float(by_key[("bool_q", "loss")]["delta"]) != 0
     assert "| bool_q | accuracy_rank |" in (run["root"] / "eval_results.md").read_text()
+
+
+def test_validate_command_scores_the_task_metrics_too(run, tmp_path):
+    out = run_cli("validate", "--config", DEFAULT_CONFIG, "--model.model_name", str(run["base"]),
+                  "--model.adapter", str(run["root"] / "adapter"), "--data.eval_examples_per_task", "2",
+                  "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "v"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "validate/common_gen/rouge_l" in out.stdout and "validate_base/xsum/loss" in out.stdout
