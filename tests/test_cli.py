@@ -221,3 +221,16 @@ def test_validate_command_scores_the_task_metrics_too(run, tmp_path):
                   "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "v"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "validate/common_gen/rouge_l" in out.stdout and "validate_base/xsum/loss" in out.stdout
+
+
+def test_generate_reads_prompts_interactively_when_none_is_given(run):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "lora_lightning", "generate", "--adapter", str(run["root"] / "adapter"),
+                           "--max_new_tokens", "3"], input="Is water wet?\n\nConcepts: a, b\\n\\nWrite.\n",
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len([line for line in done.stdout.splitlines()]) >= 2  # one answer per prompt line

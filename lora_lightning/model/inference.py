@@ -7,6 +7,7 @@ and generation stops at EOS: the adapter was trained to end every completion wit
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -104,14 +105,16 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     return outputs
 
 
-def generate_command(*, prompt: str, adapter: str, base: str | None = None, max_new_tokens: int = 64,
+def generate_command(*, adapter: str, prompt: str | None = None, base: str | None = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, device: str = "cpu",
-                     base_cache_dir: str = DEFAULT_BASE_CACHE) -> str:
-    """Generate a completion for one prompt with a trained adapter.
+                     base_cache_dir: str = DEFAULT_BASE_CACHE) -> None:
+    """Generate completions with a trained adapter: for --prompt, or for each line typed (interactive).
 
     Args:
-        prompt: The instruction, e.g. a FLAN-style question with its OPTIONS block.
         adapter: Adapter folder written by training (e.g. checkpoints/default/adapter).
+        prompt: The instruction, e.g. a FLAN-style question with its OPTIONS block. Without it,
+            each line read from standard input is a prompt (a literal \\n in a line is a newline),
+            until end of input; the model is loaded once.
         base: Base model; by default the one the adapter names.
         max_new_tokens: Most tokens to generate.
         temperature: 0 for greedy decoding; above 0 samples.
@@ -121,7 +124,20 @@ def generate_command(*, prompt: str, adapter: str, base: str | None = None, max_
     """
     model = load_lora_model(base, adapter, device, base_cache_dir=base_cache_dir)
     tokenizer = load_tokenizer(adapter)
-    text = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p,
-                    prompt_format=trained_prompt_format(adapter))[0]
-    print(text)
-    return text
+    prompt_format = trained_prompt_format(adapter)
+
+    def answer(text: str) -> None:
+        print(generate(model, tokenizer, [text], max_new_tokens, temperature, top_p, prompt_format=prompt_format)[0],
+              flush=True)
+
+    if prompt is not None:
+        return answer(prompt)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("prompt> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            answer(line.rstrip("\n").replace("\\n", "\n"))
