@@ -1,7 +1,8 @@
 """Lightning checkpoints written atomically and read without pickle.
 
-``save_checkpoint`` writes ``<name>.tmp-<pid>`` in the checkpoint's own folder, fsyncs it and
-renames it over the target, so a kill at any moment leaves the previous ``last.ckpt`` intact.
+``save_checkpoint`` writes ``.<name>.tmp-<pid>`` in the checkpoint's own folder, fsyncs it and
+renames it over the target, so a kill at any moment leaves the previous ``last.ckpt`` intact (a
+temporary file left by a SIGKILL mid-write is removed by the next save).
 ``load_checkpoint`` uses ``torch.load(weights_only=True)``: a checkpoint cannot run code, and a
 truncated or corrupt one gives a one-line error naming the file instead of a traceback.
 """
@@ -28,6 +29,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:

@@ -174,3 +174,18 @@ def test_skip_mode_skips_exactly_the_bad_update(tiny_models, tmp_path, monkeypat
         assert torch.isfinite(snapshots[6][name]).all()
     assert any(not torch.equal(snapshots[5][n], snapshots[4][n]) for n in snapshots[4])  # training went on
     assert issubclass(TrainingHalted, RuntimeError)
+
+
+def test_checkpoint_io_writes_atomically_and_clears_stale_temporaries(tmp_path):
+    from lora_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointError, read_checkpoint
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 1}, target)
+    stale = tmp_path / ".last.ckpt.tmp-999"  # as a SIGKILL mid-write leaves it
+    stale.write_bytes(b"half")
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "global_step": 2}, target)
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert read_checkpoint(target)["global_step"] == 2
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.ckpt")
