@@ -2,11 +2,14 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-CONFIG ?= configs/default.yaml
+BASE   := configs/default.yaml
+CONFIG ?= $(BASE)
+# Any other config is an overlay composed on top of the default one (e.g. CONFIG=configs/ddp.yaml).
+CONFIGS = --config $(BASE) $(if $(filter-out $(BASE),$(CONFIG)),--config $(CONFIG))
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test bench bench-gpu tensorboard clean
+.PHONY: install train eval test lint bench bench-gpu tensorboard clean
 
 install: $(STAMP)
 
@@ -21,25 +24,31 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Train, then score the base model and the new adapter on the held-out examples (eval_results.md).
 train: install
-	$(VENV)/bin/lora-lightning fit --config $(CONFIG) $(ARGS)
+	$(VENV)/bin/lora-lightning fit $(CONFIGS) $(ARGS)
 	$(MAKE) eval
 
 eval: install
-	$(VENV)/bin/lora-lightning test --config $(CONFIG) --model.adapter $(RUN)/adapter
+	$(VENV)/bin/lora-lightning test $(CONFIGS) --model.adapter $(RUN)/adapter
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)
 
+# ruff (lint and format) and the import-layer contract of setup.cfg (docs/architecture.md).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
 # Benchmarks (not tests): this project vs Transformers Trainer + PEFT, and LoRA vs full fine-tuning.
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py $(ARGS)
-	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --variants $(ARGS)
-	$(PY) tests/benchmarks/lora_vs_full.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --variants $(ARGS)
+	$(PY) benchmarks/lora_vs_full.py
 
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --device cuda $(ARGS)
-	HF_HUB_OFFLINE=1 $(PY) tests/benchmarks/bench.py --device cuda --variants $(ARGS)
-	$(PY) tests/benchmarks/lora_vs_full.py --device cuda
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --device cuda $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --device cuda --variants $(ARGS)
+	$(PY) benchmarks/lora_vs_full.py --device cuda
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir checkpoints

@@ -40,8 +40,14 @@ def workload(tokenizer_path: str, n_examples: int, max_length: int, seed: int) -
 
     files = {t: str(SHARED / f"{t}.jsonl") for t in TASKS if (SHARED / f"{t}.jsonl").is_file()}
     source = "real rows of ../shared/data" if len(files) == len(TASKS) else "the bundled demo mix"
-    dm = FlanDataModule(tasks=TASKS, data_files=files if len(files) == len(TASKS) else None, cache_dir=None,
-                        max_length=max_length, seed=seed, tokenizer=tokenizer_path)
+    dm = FlanDataModule(
+        tasks=TASKS,
+        data_files=files if len(files) == len(TASKS) else None,
+        cache_dir=None,
+        max_length=max_length,
+        seed=seed,
+        tokenizer=tokenizer_path,
+    )
     dm.setup("fit")
     rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in dm.train_set]
     random.Random(seed).shuffle(rows)
@@ -85,16 +91,34 @@ def run_ours(args, model_path: str, examples: list[dict], clock: StepClock) -> N
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             clock.stop(float(outputs["loss"]))
 
-    module = LoRAModule(model_name=model_path, lora_r=16, lora_alpha=32, lora_dropout=0.1, learning_rate=args.lr,
-                        warmup_ratio=0.0, lr_schedule="linear", gradient_checkpointing=args.gradient_checkpointing,
-                        compile=args.compile, completion_only_head=not args.full_head)
+    module = LoRAModule(
+        model_name=model_path,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.1,
+        learning_rate=args.lr,
+        warmup_ratio=0.0,
+        lr_schedule="linear",
+        gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
+        completion_only_head=not args.full_head,
+    )
     collate = CausalLMCollator(pad_token_id=args.pad_id)
     loader = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
     L.seed_everything(args.seed, verbose=False)
-    trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Clock()],
-                        gradient_clip_val=1.0)
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Clock()],
+        gradient_clip_val=1.0,
+    )
     trainer.fit(module, train_dataloaders=loader)
     args.flops_model = module.model
 
@@ -126,17 +150,36 @@ def run_transformers(args, model_path: str, examples: list[dict], clock: StepClo
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     targets = resolve_target_modules(model.config.model_type, "auto")  # q_proj,v_proj for SmolLM2
-    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.1,
-                                             target_modules=targets))
+    model = get_peft_model(
+        model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.1, target_modules=targets)
+    )
     with tempfile.TemporaryDirectory() as out:
         training = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-            learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            bf16=args.precision.startswith("bf16"), use_cpu=args.device == "cpu", logging_steps=1, report_to=[],
-            save_strategy="no", remove_unused_columns=False, seed=args.seed, dataloader_num_workers=0,
-            disable_tqdm=True)
-        Ordered(model=model, args=training, train_dataset=examples, data_collator=CausalLMCollator(args.pad_id),
-                callbacks=[Clock()]).train()
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            learning_rate=args.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            bf16=args.precision.startswith("bf16"),
+            use_cpu=args.device == "cpu",
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            remove_unused_columns=False,
+            seed=args.seed,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        Ordered(
+            model=model,
+            args=training,
+            train_dataset=examples,
+            data_collator=CausalLMCollator(args.pad_id),
+            callbacks=[Clock()],
+        ).train()
     args.flops_model = model
 
 
@@ -145,8 +188,8 @@ def worker(args) -> None:
     import torch
 
     from lora_lightning.data.tokenization import CausalLMCollator
+    from lora_lightning.loading import load_tokenizer, resolve_model_path
     from lora_lightning.model.flops import batch_flops, peak_flops
-    from lora_lightning.model.loading import load_tokenizer, resolve_model_path
 
     model_path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(model_path)
@@ -156,19 +199,26 @@ def worker(args) -> None:
     clock = StepClock(args.device)
     {"ours": run_ours, "transformers": run_transformers}[args.worker](args, model_path, examples, clock)
     collate = CausalLMCollator(args.pad_id)
-    batches = [collate(examples[i:i + args.batch_size]) for i in range(0, n, args.batch_size)][args.warmup:]
-    timed = clock.seconds[args.warmup:args.warmup + args.steps]
+    batches = [collate(examples[i : i + args.batch_size]) for i in range(0, n, args.batch_size)][args.warmup :]
+    timed = clock.seconds[args.warmup : args.warmup + args.steps]
     tokens = sum(float(b["attention_mask"].sum()) for b in batches)
-    flops = sum(batch_flops(args.flops_model, b, completion_only_head=args.worker == "ours" and not args.full_head)
-                for b in batches)
+    flops = sum(
+        batch_flops(args.flops_model, b, completion_only_head=args.worker == "ours" and not args.full_head)
+        for b in batches
+    )
     dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
     peak = peak_flops(torch.device(args.device), dtype)
     result = {
-        "system": args.worker, "source": source, "steps": len(timed), "seconds": sum(timed),
-        "tokens_per_s": tokens / sum(timed), "mfu": flops / sum(timed) / peak if peak else None,
+        "system": args.worker,
+        "source": source,
+        "steps": len(timed),
+        "seconds": sum(timed),
+        "tokens_per_s": tokens / sum(timed),
+        "mfu": flops / sum(timed) / peak if peak else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
-        "losses": clock.losses[: args.warmup + args.steps], "tokens": tokens,
+        "losses": clock.losses[: args.warmup + args.steps],
+        "tokens": tokens,
     }
     Path(args.out).write_text(json.dumps(result))
 
@@ -187,8 +237,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="1 step, 1 round: check that the harness runs")
     parser.add_argument("--output", default=str(REPO / "checkpoints" / "bench" / "bench.md"))
-    parser.add_argument("--variants", action="store_true",
-                        help="measure this project's options instead: fp32, full-logits head, gradient checkpointing, compile")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="measure this project's options instead: fp32, full-logits head, gradient checkpointing, compile",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--full-head", action="store_true", help=argparse.SUPPRESS)
@@ -212,10 +265,33 @@ def main() -> None:
 
 
 def run_worker(args, system: str, out: Path, *flags: str, precision: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), "--model", args.model,
-           "--device", args.device, "--precision", precision or args.precision, "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length), "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--lr", str(args.lr), "--seed", str(args.seed), *flags]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        system,
+        "--out",
+        str(out),
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--precision",
+        precision or args.precision,
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+        *flags,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -225,14 +301,23 @@ def run_worker(args, system: str, out: Path, *flags: str, precision: str | None 
 
 def variants(args) -> str:
     """This project's speed and memory options, one at a time against the default (bf16, head on completions)."""
-    rows = [("default: bf16-mixed, completion-only head", (), None), ("fp32 (32-true)", (), "32-true"),
-            ("full-logits head", ("--full-head",), None), ("gradient checkpointing", ("--gradient-checkpointing",), None),
-            ("torch.compile", ("--compile",), None)]
+    rows = [
+        ("default: bf16-mixed, completion-only head", (), None),
+        ("fp32 (32-true)", (), "32-true"),
+        ("full-logits head", ("--full-head",), None),
+        ("gradient checkpointing", ("--gradient-checkpointing",), None),
+        ("torch.compile", ("--compile",), None),
+    ]
     if args.smoke:
         rows = rows[:-1]  # compiling takes minutes: not for a smoke run
-    lines = [f"Options of lora_lightning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), "
-             f"device {args.device}; same workload as the comparison, {args.steps} timed steps after {args.warmup} "
-             "warm-up", "", "| option | tokens/s | peak RSS (MB) | MFU | loss (last steps) |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Options of lora_lightning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), "
+        f"device {args.device}; same workload as the comparison, {args.steps} timed steps after {args.warmup} "
+        "warm-up",
+        "",
+        "| option | tokens/s | peak RSS (MB) | MFU | loss (last steps) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags, precision) in enumerate(rows):
             r = run_worker(args, "ours", Path(tmp) / f"v{i}.json", *flags, precision=precision)
@@ -259,24 +344,31 @@ def report(args, results: dict[str, list[dict]]) -> str:
     step_gap = max(abs(a - b) for a, b in zip(results["ours"][0]["losses"], results["transformers"][0]["losses"]))
     lines = [
         f"Benchmark {date.today()} on {platform.machine()} ({os.cpu_count()} CPU cores"
-        + (f", {__import__('torch').cuda.get_device_name()}" if args.device == "cuda" else "") + f"), device {args.device}",
+        + (f", {__import__('torch').cuda.get_device_name()}" if args.device == "cuda" else "")
+        + f"), device {args.device}",
         f"workload: {args.model}, LoRA r=16 alpha=32 dropout=0.1 on q_proj,v_proj, {first['source']} "
         f"(bool_q, common_gen, xsum), batch {args.batch_size}, max length {args.max_length}, {args.precision}, "
         f"{args.steps} timed steps after {args.warmup} warm-up, median of {args.rounds} alternating rounds",
         "",
-        "| system | tokens/s | peak RSS (MB) | " + ("peak GPU (MB) | " if args.device == "cuda" else "")
+        "| system | tokens/s | peak RSS (MB) | "
+        + ("peak GPU (MB) | " if args.device == "cuda" else "")
         + "MFU | loss (last steps) |",
         "| --- | --- | --- | " + ("--- | " if args.device == "cuda" else "") + "--- | --- |",
     ]
     for system, name in (("ours", "lora_lightning"), ("transformers", "Transformers Trainer + PEFT")):
         mfu = med(system, "mfu")
         gpu = f"{med(system, 'peak_gpu_mb'):.0f} | " if args.device == "cuda" else ""
-        lines.append(f"| {name} | {med(system, 'tokens_per_s'):.0f} | {med(system, 'peak_rss_mb'):.0f} | {gpu}"
-                     f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {last_loss(system):.4f} |")
+        lines.append(
+            f"| {name} | {med(system, 'tokens_per_s'):.0f} | {med(system, 'peak_rss_mb'):.0f} | {gpu}"
+            f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {last_loss(system):.4f} |"
+        )
     first_ours, first_theirs = results["ours"][0]["losses"][0], results["transformers"][0]["losses"][0]
-    lines += ["", f"speed ratio (tokens/s, lora_lightning / Trainer + PEFT): **{ratio:.2f}x**",
-              f"first-step loss (same batch, before any update): {first_ours:.4f} vs {first_theirs:.4f}; "
-              f"largest per-step loss difference on the same batches: {step_gap:.4f}"]
+    lines += [
+        "",
+        f"speed ratio (tokens/s, lora_lightning / Trainer + PEFT): **{ratio:.2f}x**",
+        f"first-step loss (same batch, before any update): {first_ours:.4f} vs {first_theirs:.4f}; "
+        f"largest per-step loss difference on the same batches: {step_gap:.4f}",
+    ]
     text = "\n".join(lines) + "\n"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)

@@ -26,8 +26,11 @@ from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ARCHS = {"gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16), "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
-         "tiny": dict(n_embd=64, n_layer=2, n_head=2)}
+ARCHS = {
+    "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
+    "tiny": dict(n_embd=64, n_layer=2, n_head=2),
+}
 
 
 def worker(args) -> None:
@@ -65,9 +68,12 @@ def worker(args) -> None:
             times.append(time.perf_counter() - start)
     trainable = sum(p.numel() for p in params)
     result = {
-        "arch": args.arch, "mode": args.mode, "trainable": trainable,
+        "arch": args.arch,
+        "mode": args.mode,
+        "trainable": trainable,
         "total": sum(p.numel() for p in model.parameters()),
-        "step_s": statistics.median(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_s": statistics.median(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
         "export_mb": trainable * 4 / 2**20,  # float32 safetensors of what trained
         "ckpt_mb": 3 * trainable * 4 / 2**20,  # + AdamW exp_avg and exp_avg_sq
@@ -98,30 +104,56 @@ def main() -> None:
         for arch in args.archs.split(","):
             for mode in ("full", "lora"):
                 out = Path(tmp) / f"{arch}-{mode}.json"
-                cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--mode", mode, "--out", str(out),
-                       "--device", args.device, "--batch-size", str(args.batch_size), "--length", str(args.length),
-                       "--steps", str(args.steps)]
-                done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--arch",
+                    arch,
+                    "--mode",
+                    mode,
+                    "--out",
+                    str(out),
+                    "--device",
+                    args.device,
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--length",
+                    str(args.length),
+                    "--steps",
+                    str(args.steps),
+                ]
+                done = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+                )
                 if done.returncode != 0:
                     sys.exit(f"{arch} {mode} failed:\n{done.stderr[-4000:]}")
                 rows.append(json.loads(out.read_text()))
                 print(f"{arch} {mode}: {rows[-1]['step_s']:.2f} s/step, {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     gpu = args.device == "cuda"
-    lines = [f"LoRA vs full fine-tuning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), device "
-             f"{args.device}; batch {args.batch_size} x {args.length} tokens, bf16 autocast, AdamW, median of "
-             f"{args.steps} steps after 1 warm-up", "",
-             "| model | mode | trainable params | peak RSS (MB) | " + ("peak GPU (MB) | " if gpu else "")
-             + "s/step | exported weights (MB) | .ckpt with AdamW (MB) |",
-             "| --- | --- | --- | --- | " + ("--- | " if gpu else "") + "--- | --- | --- |"]
+    lines = [
+        f"LoRA vs full fine-tuning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), device "
+        f"{args.device}; batch {args.batch_size} x {args.length} tokens, bf16 autocast, AdamW, median of "
+        f"{args.steps} steps after 1 warm-up",
+        "",
+        "| model | mode | trainable params | peak RSS (MB) | "
+        + ("peak GPU (MB) | " if gpu else "")
+        + "s/step | exported weights (MB) | .ckpt with AdamW (MB) |",
+        "| --- | --- | --- | --- | " + ("--- | " if gpu else "") + "--- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['mode']} | {r['trainable']:,} of {r['total']:,} | {r['peak_rss_mb']:.0f} | "
-                     + (f"{r['peak_gpu_mb']:.0f} | " if gpu else "")
-                     + f"{r['step_s']:.2f} | {r['export_mb']:.1f} | {r['ckpt_mb']:.1f} |")
+        lines.append(
+            f"| {r['arch']} | {r['mode']} | {r['trainable']:,} of {r['total']:,} | {r['peak_rss_mb']:.0f} | "
+            + (f"{r['peak_gpu_mb']:.0f} | " if gpu else "")
+            + f"{r['step_s']:.2f} | {r['export_mb']:.1f} | {r['ckpt_mb']:.1f} |"
+        )
     for arch in dict.fromkeys(r["arch"] for r in rows):
         full, lora = (next(r for r in rows if r["arch"] == arch and r["mode"] == m) for m in ("full", "lora"))
         key = "peak_gpu_mb" if gpu else "peak_rss_mb"
-        lines.append(f"\n{arch}: LoRA uses {100 * (1 - lora[key] / full[key]):.0f}% less peak memory and its step "
-                     f"takes {100 * (1 - lora['step_s'] / full['step_s']):.0f}% less time than full fine-tuning.")
+        lines.append(
+            f"\n{arch}: LoRA uses {100 * (1 - lora[key] / full[key]):.0f}% less peak memory and its step "
+            f"takes {100 * (1 - lora['step_s'] / full['step_s']):.0f}% less time than full fine-tuning."
+        )
     text = "\n".join(lines) + "\n"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)

@@ -1,7 +1,8 @@
-"""Writing a folder all at once: into a temporary sibling, then renamed into place.
+"""Writing a file or a folder all at once: into a temporary sibling, then renamed into place.
 
-Used for every output that a later run or a user trusts (adapter exports, the converted base
-model), so a crash or kill mid-write leaves either the old folder or the new one, never half.
+Used for every output that a later run or a user trusts (adapter exports, checkpoints, the
+converted base model, predictions, result tables), so a crash or kill mid-write leaves either the
+old output or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager
@@ -26,6 +27,29 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "w", fsync: bool = False) -> Iterator:
+    """Yields an open temporary file beside ``target``; on success it is (fsynced and) renamed over
+    ``target``, on error removed. Temporary files left by a process killed mid-write are removed
+    by the next write of the same target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,13 +10,15 @@ truncated or corrupt one gives a one-line error naming the file instead of a tra
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lora_lightning.errors import UserInputError
+from lora_lightning.atomic_write import atomic_file
+from lora_lightning.errors import UserInputError, first_line
 
 
 class CheckpointError(UserInputError):
@@ -27,23 +29,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Temp file + fsync + rename for every checkpoint; ``weights_only`` loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
         return read_checkpoint(path, map_location)
 
 
@@ -55,9 +49,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad pickle opcodes, disallowed globals, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated, corrupt or unsafe ({first[:200]}); "
-                              "resume from another one (e.g. ckpt/best-*.ckpt) or start afresh") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated, corrupt or unsafe ({first_line(err, 200)}); "
+            "resume from another one (e.g. ckpt/best-*.ckpt) or start afresh"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict)")
     return checkpoint

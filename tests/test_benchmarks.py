@@ -4,15 +4,19 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, str(REPO / "tests" / "benchmarks" / script), *args], capture_output=True,
-                          text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": "/tmp"})
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": "/tmp"},
+    )
 
 
 def test_bench_against_trainer_runs_both_systems(tiny_models, tmp_path):
@@ -38,8 +42,17 @@ def test_lora_vs_full_table_starts(tmp_path):
 
 def test_option_variants_run(tiny_models, tmp_path):
     out = tmp_path / "bench.md"
-    done = run("bench.py", "--smoke", "--variants", "--model", str(tiny_models["gpt2"]), "--output", str(out),
-               "--batch-size", "2")
+    done = run(
+        "bench.py",
+        "--smoke",
+        "--variants",
+        "--model",
+        str(tiny_models["gpt2"]),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "variants.md").read_text()
     for option in ("default: bf16-mixed", "fp32", "full-logits head", "gradient checkpointing"):

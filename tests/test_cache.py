@@ -8,8 +8,9 @@ from lora_lightning.data import FlanDataModule
 
 
 def setup_dm(tiny_models, cache_dir, **kwargs):
-    dm = FlanDataModule(**{"tokenizer": str(tiny_models["llama"]), "cache_dir": str(cache_dir),
-                           "max_examples_per_task": 10, **kwargs})
+    dm = FlanDataModule(
+        **{"tokenizer": str(tiny_models["llama"]), "cache_dir": str(cache_dir), "max_examples_per_task": 10, **kwargs}
+    )
     dm.setup("fit")
     return dm
 
@@ -21,7 +22,9 @@ def entries(cache_dir):
 def test_second_setup_is_a_cache_hit_without_tokenizing(tiny_models, tmp_path, monkeypatch, caplog):
     first = setup_dm(tiny_models, tmp_path)
     assert len(entries(tmp_path)) == 1
-    monkeypatch.setattr(FlanDataModule, "build", lambda self: pytest.fail("tokenized again despite the cache"))
+    monkeypatch.setattr(
+        "lora_lightning.data.datamodule.build_tokenized", lambda *args: pytest.fail("tokenized again despite the cache")
+    )
     with caplog.at_level("INFO"):
         second = setup_dm(tiny_models, tmp_path)
     assert "cache hit" in caplog.text
@@ -30,8 +33,16 @@ def test_second_setup_is_a_cache_hit_without_tokenizing(tiny_models, tmp_path, m
     assert second.stats == first.stats
 
 
-@pytest.mark.parametrize("change", [{"max_length": 100}, {"seed": 7}, {"max_examples_per_task": 11},
-                                    {"mixing": "uniform"}, {"tasks": ["bool_q", "xsum"]}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_length": 100},
+        {"seed": 7},
+        {"max_examples_per_task": 11},
+        {"mixing": "uniform"},
+        {"tasks": ["bool_q", "xsum"]},
+    ],
+)
 def test_changing_a_key_tokenizes_into_a_new_entry(tiny_models, tmp_path, change):
     setup_dm(tiny_models, tmp_path)
     setup_dm(tiny_models, tmp_path, **change)
@@ -47,7 +58,8 @@ def test_changed_tokenizer_or_data_file_invalidates(tiny_models, tmp_path):
     setup_dm(tiny_models, cache, **kwargs)
     data.write_text("\n".join(json.dumps(r) for r in rows[:20]))
     dm = setup_dm(tiny_models, cache, **kwargs)
-    assert len(entries(cache)) == 2 and dm.stats["bool_q"]["available"] == 18
+    # 20 rows, no validation or test split: 2 held out for selection and 2 for evaluation
+    assert len(entries(cache)) == 2 and dm.stats["bool_q"]["available"] == 16
     gpt2 = FlanDataModule(tokenizer=str(tiny_models["gpt2"]), cache_dir=str(cache), max_examples_per_task=10, **kwargs)
     gpt2.setup("fit")
     assert len(entries(cache)) == 2  # the tiny models share one tokenizer: same fingerprint, a hit

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO, run_cli
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -17,10 +16,30 @@ DEFAULT_CONFIG = str(REPO / "configs" / "default.yaml")
 
 def fit_args(model: Path, root: Path, *extra: str) -> list[str]:
     """A short fit of the default config on a tiny model; every output (data cache too) under ``root``."""
-    return ["fit", "--config", DEFAULT_CONFIG, "--model.model_name", str(model), "--model.lora_r", "4",
-            "--trainer.default_root_dir", str(root), "--data.cache_dir", str(root / "data_cache"), "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
-            "--data.max_examples_per_task", "16", "--data.max_val_examples_per_task", "8", "--data.batch_size", "4",
-            *extra]
+    return [
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        "--model.model_name",
+        str(model),
+        "--model.lora_r",
+        "4",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.cache_dir",
+        str(root / "data_cache"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--data.max_examples_per_task",
+        "16",
+        "--data.max_val_examples_per_task",
+        "8",
+        "--data.batch_size",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +49,11 @@ def run(tiny_models, tmp_path_factory):
     first = run_cli(*fit_args(tiny_models["llama"], root))
     assert first.returncode == 0, first.stderr[-3000:]
     history_after_first = json.loads((root / "adapter_last" / "training_history.json").read_text())
-    resumed = run_cli(*fit_args(tiny_models["llama"], root, "--trainer.max_epochs", "2",
-                                "--ckpt_path", str(root / "ckpt" / "last.ckpt")))
+    resumed = run_cli(
+        *fit_args(
+            tiny_models["llama"], root, "--trainer.max_epochs", "2", "--ckpt_path", str(root / "ckpt" / "last.ckpt")
+        )
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {"root": root, "base": tiny_models["llama"], "first_history": history_after_first}
 
@@ -39,8 +61,13 @@ def run(tiny_models, tmp_path_factory):
 def test_exports_adapter_in_peft_format_with_tokenizer_and_history(run):
     for folder in ("adapter", "adapter_last"):
         files = {p.name for p in (run["root"] / folder).iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "training_history.json"} <= files
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "training_history.json",
+        } <= files
         assert not {f for f in files if f.endswith((".bin", ".pkl", ".pt"))}
     config = json.loads((run["root"] / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(run["base"])
@@ -87,7 +114,7 @@ def test_plain_peft_loads_the_adapter_with_the_same_logits(run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lora_lightning.model.inference import load_lora_model
+    from lora_lightning.model import load_lora_model
 
     adapter = run["root"] / "adapter"
     base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -110,8 +137,17 @@ def test_tensorboard_event_files_hold_the_training_curves(run):
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    assert {"train/loss", "train/ppl", "train/grad_norm", "val/loss", "val/ppl", "lr-AdamW", "perf/tokens_per_s",
-            "perf/samples_per_s", "perf/mfu"} <= set(scalars)
+    assert {
+        "train/loss",
+        "train/ppl",
+        "train/grad_norm",
+        "val/loss",
+        "val/ppl",
+        "lr-AdamW",
+        "perf/tokens_per_s",
+        "perf/samples_per_s",
+        "perf/mfu",
+    } <= set(scalars)
     assert all(0 < v < 1 for _, v in scalars["perf/mfu"]) and all(v > 0 for _, v in scalars["perf/tokens_per_s"])
     val_steps = sorted(s for s, _ in scalars["val/loss"])
     assert val_steps[0] == 0 and val_steps[-1] > 0
@@ -121,8 +157,9 @@ def test_tensorboard_event_files_hold_the_training_curves(run):
 
 
 def test_generate_command_uses_the_adapter(run):
-    out = run_cli("generate", "--adapter", str(run["root"] / "adapter"), "--prompt", "Is water wet?",
-                  "--max_new_tokens", "4")
+    out = run_cli(
+        "generate", "--adapter", str(run["root"] / "adapter"), "--prompt", "Is water wet?", "--max_new_tokens", "4"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip()
 
@@ -130,18 +167,26 @@ def test_generate_command_uses_the_adapter(run):
 def test_print_config_shows_every_section():
     out = run_cli("fit", "--config", DEFAULT_CONFIG, "--model.lora_r", "8", "--print_config")
     assert out.returncode == 0, out.stderr
-    for line in ("lora_r: 8", "model_name: smollm2-135m-instruct", "default_root_dir: checkpoints/default",
-                 "- bool_q", "monitor: val/loss"):
+    for line in (
+        "lora_r: 8",
+        "model_name: smollm2-135m-instruct",
+        "default_root_dir: checkpoints/default",
+        "- bool_q",
+        "monitor: val/loss",
+    ):
         assert line in out.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data.tasks", "[bool_q, bool_z]"], "unknown task 'bool_z'"),
-    (["--model.no_such_key", "1"], "no_such_key"),
-    (["--model.lora_r", "0"], "lora_r must be a positive integer, got 0"),
-    (["--model.lora_dropout", "1.0"], "lora_dropout must be in [0, 1), got 1.0"),
-    (["--data.data_files", "{bool_q: /no/such/file.jsonl}"], "data file '/no/such/file.jsonl' does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.tasks", "[bool_q, bool_z]"], "unknown task 'bool_z'"),
+        (["--model.no_such_key", "1"], "no_such_key"),
+        (["--model.lora_r", "0"], "lora_r must be a positive integer, got 0"),
+        (["--model.lora_dropout", "1.0"], "lora_dropout must be in [0, 1), got 1.0"),
+        (["--data.data_files", "{bool_q: /no/such/file.jsonl}"], "data file '/no/such/file.jsonl' does not exist"),
+    ],
+)
 def test_bad_input_gives_one_line_error_and_touches_nothing(tmp_path, tiny_models, args, message):
     root = tmp_path / "run"
     (root / "adapter").mkdir(parents=True)
@@ -151,16 +196,24 @@ def test_bad_input_gives_one_line_error_and_touches_nothing(tmp_path, tiny_model
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("lora-lightning: error:") and message in errors[0], out.stderr
     assert "Traceback" not in out.stderr
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["adapter", "adapter/adapter_model.safetensors"]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "adapter",
+        "adapter/adapter_model.safetensors",
+    ]
     assert not (REPO / "checkpoints" / "run").exists()
     assert (root / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier good adapter"
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_shipped_config_parses(config):
-    out = run_cli("fit", "--config", f"configs/{config}", "--print_config")
+    """default.yaml alone; every other config is an overlay composed on top of it."""
+    overlay = [] if config == "default.yaml" else ["--config", f"configs/{config}"]
+    out = run_cli("fit", "--config", "configs/default.yaml", *overlay, "--print_config")
     assert out.returncode == 0, out.stderr
     assert f"default_root_dir: checkpoints/{Path(config).stem}" in out.stdout
+    assert "lora_r: 16" in out.stdout and "tasks:\n  - bool_q" in out.stdout  # the default's keys are kept
+    if config == "ddp.yaml":
+        assert "devices: 2" in out.stdout and "strategy: ddp" in out.stdout and "batch_size: 4" in out.stdout
 
 
 def test_a_task_defined_only_in_yaml_trains_through_fit(tmp_path, tiny_models):
@@ -173,17 +226,33 @@ def test_a_task_defined_only_in_yaml_trains_through_fit(tmp_path, tiny_models):
         "metrics: [rouge_l]\n"
         "templates:\n"
         "  - {prompt: 'What is the capital of {country}?', completion: '{capital}'}\n"
-        "  - {prompt: 'Is {capital} the capital of {country}?\\n\\n{options_}', completion: '{answer}'}\n")
+        "  - {prompt: 'Is {capital} the capital of {country}?\\n\\n{options_}', completion: '{answer}'}\n"
+    )
     rows = [{"country": f"Land{i}", "capital": f"City{i}", "label": 1} for i in range(30)]
     data = tmp_path / "capitals.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     root = tmp_path / "run"
-    out = run_cli(*fit_args(tiny_models["gpt2"], root, "--data.tasks", f"[{task}]",
-                            "--data.data_files", f"{{capitals: {data}}}"), cwd=tmp_path)
+    out = run_cli(
+        *fit_args(tiny_models["gpt2"], root, "--data.tasks", f"[{task}]", "--data.data_files", f"{{capitals: {data}}}"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     history = json.loads((root / "adapter_last" / "training_history.json").read_text())
-    assert history["data"] == {"capitals": {"available": 27, "train": 16, "validation": 3, "dropped_too_long": 0}}
-    assert "Task capitals: 16 train, 3 validation examples" in out.stderr
+    # 30 rows in one file: 3 held out for checkpoint selection, 3 more for evaluation, 24 to train on
+    tokens = history["data"]["capitals"].pop("train_completion_tokens")
+    assert tokens >= 16  # every example has a completion and its EOS
+    assert history["data"] == {
+        "capitals": {
+            "available": 24,
+            "train": 16,
+            "validation": 3,
+            "dropped_too_long": 0,
+            "selection_split": "train (10% held out)",
+            "evaluation_split": "train (another 10% held out)",
+            "evaluation_rows": 3,
+        }
+    }
+    assert "Task capitals: 16 train, 3 selection (train (10% held out)), 3 evaluation rows" in out.stderr
 
 
 def test_generation_samples_are_logged_as_text_during_fit(run):
@@ -200,14 +269,31 @@ def test_generation_samples_are_logged_as_text_during_fit(run):
 def test_test_command_scores_base_and_adapter(run):
     import csv
 
-    out = run_cli("test", "--config", DEFAULT_CONFIG, "--model.model_name", str(run["base"]),
-                  "--model.adapter", str(run["root"] / "adapter"), "--data.eval_examples_per_task", "4",
-                  "--trainer.default_root_dir", str(run["root"] / "eval"))
+    out = run_cli(
+        "test",
+        "--config",
+        DEFAULT_CONFIG,
+        "--model.model_name",
+        str(run["base"]),
+        "--model.adapter",
+        str(run["root"] / "adapter"),
+        "--data.eval_examples_per_task",
+        "4",
+        "--trainer.default_root_dir",
+        str(run["root"] / "eval"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader((run["root"] / "eval_results.csv").open()))
     by_key = {(r["task"], r["metric"]): r for r in rows}
-    assert {("bool_q", "accuracy_rank"), ("bool_q", "accuracy_exact"), ("common_gen", "rouge_l"),
-            ("common_gen", "coverage"), ("xsum", "rouge_l"), ("xsum", "loss"), ("xsum", "perplexity")} <= set(by_key)
+    assert {
+        ("bool_q", "accuracy_rank"),
+        ("bool_q", "accuracy_exact"),
+        ("common_gen", "rouge_l"),
+        ("common_gen", "coverage"),
+        ("xsum", "rouge_l"),
+        ("xsum", "loss"),
+        ("xsum", "perplexity"),
+    } <= set(by_key)
     for r in rows:
         assert float(r["delta"]) == pytest.approx(float(r["adapter"]) - float(r["base"]), abs=1e-6)
     # the adapter was trained: its held-out completion loss differs from the base's
@@ -216,9 +302,21 @@ def test_test_command_scores_base_and_adapter(run):
 
 
 def test_validate_command_scores_the_task_metrics_too(run, tmp_path):
-    out = run_cli("validate", "--config", DEFAULT_CONFIG, "--model.model_name", str(run["base"]),
-                  "--model.adapter", str(run["root"] / "adapter"), "--data.eval_examples_per_task", "2",
-                  "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path / "v"))
+    out = run_cli(
+        "validate",
+        "--config",
+        DEFAULT_CONFIG,
+        "--model.model_name",
+        str(run["base"]),
+        "--model.adapter",
+        str(run["root"] / "adapter"),
+        "--data.eval_examples_per_task",
+        "2",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "v"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "validate/common_gen/rouge_l" in out.stdout and "validate_base/xsum/loss" in out.stdout
 
@@ -229,8 +327,23 @@ def test_generate_reads_prompts_interactively_when_none_is_given(run):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "lora_lightning", "generate", "--adapter", str(run["root"] / "adapter"),
-                           "--max_new_tokens", "3"], input="Is water wet?\n\nConcepts: a, b\\n\\nWrite.\n",
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lora_lightning",
+            "generate",
+            "--adapter",
+            str(run["root"] / "adapter"),
+            "--max_new_tokens",
+            "3",
+        ],
+        input="Is water wet?\n\nConcepts: a, b\\n\\nWrite.\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert len([line for line in done.stdout.splitlines()]) >= 2  # one answer per prompt line

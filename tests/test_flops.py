@@ -2,8 +2,8 @@
 
 import torch
 
+from lora_lightning.loading import load_causal_lm
 from lora_lightning.model.flops import batch_flops, linear_weight_count, measured_peak_flops
-from lora_lightning.model.loading import load_causal_lm
 from lora_lightning.model.lora import apply_lora
 
 
@@ -13,11 +13,13 @@ def test_linear_weights_and_flops_by_hand(tiny_models):
     # LoRA adds A (64x4) and B (4x64) on q, A (64x4) and B (4x32) on v: 896 per layer.
     assert linear_weight_count(model) == (2 * 36864 + 2 * 896, 2 * 896)
     vocab = model.get_base_model().config.vocab_size
-    batch = {"attention_mask": torch.tensor([[1] * 10, [1] * 6 + [0] * 4]),
-             "labels": torch.tensor([[-100] * 7 + [5, 6, 7], [-100] * 4 + [8, 9] + [-100] * 4])}
+    batch = {
+        "attention_mask": torch.tensor([[1] * 10, [1] * 6 + [0] * 4]),
+        "labels": torch.tensor([[-100] * 7 + [5, 6, 7], [-100] * 4 + [8, 9] + [-100] * 4]),
+    }
     tokens = 16  # real tokens: 10 + 6
     completion = 5  # label positions after the shift: 3 in the first row, 2 in the second
-    forward = 2 * 75520 * tokens + 2 * 2 * 64 * (10 ** 2 + 6 ** 2) + 2 * 64 * vocab * completion
+    forward = 2 * 75520 * tokens + 2 * 2 * 64 * (10**2 + 6**2) + 2 * 64 * vocab * completion
     assert batch_flops(model, batch) == 2 * forward + 2 * 1792 * tokens
     full_head = 2 * 75520 * tokens + 2 * 2 * 64 * 136 + 2 * 64 * vocab * tokens
     assert batch_flops(model, batch, completion_only_head=False) == 2 * full_head + 2 * 1792 * tokens

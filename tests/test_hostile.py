@@ -7,8 +7,8 @@ import shutil
 import lightning as L
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from lora_lightning import AdapterCheckpoint, FlanDataModule, LoRAModule
 from lora_lightning.cli import main
 from lora_lightning.errors import TrainingHalted
@@ -18,16 +18,39 @@ CONFIG = str(REPO / "configs" / "default.yaml")
 
 
 def fit_args(model, root, *extra):
-    return ["fit", "--config", CONFIG, "--model.model_name", str(model), "--model.lora_r", "4",
-            "--trainer.default_root_dir", str(root), "--data.cache_dir", str(root / "cache"),
-            "--data.max_examples_per_task", "4", "--data.max_val_examples_per_task", "2", "--data.batch_size", "4",
-            "--samples.samples_per_task", "0", "--trainer.max_epochs", "1", *extra]
+    return [
+        "fit",
+        "--config",
+        CONFIG,
+        "--model.model_name",
+        str(model),
+        "--model.lora_r",
+        "4",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--data.max_examples_per_task",
+        "4",
+        "--data.max_val_examples_per_task",
+        "2",
+        "--data.batch_size",
+        "4",
+        "--samples.samples_per_task",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        *extra,
+    ]
 
 
 def snapshot(root):
     """Every existing file's content hash: what "nothing overwritten" is checked against."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def unchanged(before, root):
@@ -82,22 +105,35 @@ def test_checkpoint_that_would_run_code_is_refused(trained, tiny_models, tmp_pat
 def test_resuming_with_another_rank_names_the_mismatch(trained, tiny_models, tmp_path):
     # The CLI restores a checkpoint's own hyperparameters; in Python a module with another rank
     # can be handed a checkpoint, and must be refused by name, not with a size-mismatch traceback.
-    from lora_lightning.model.module import CheckpointMismatchError
+    from lora_lightning.model.checkpointing import CheckpointMismatchError
 
     before = snapshot(trained)
     module = LoRAModule(model_name=str(tiny_models["llama"]), lora_r=8)
     data = FlanDataModule(tokenizer=str(tiny_models["llama"]), max_examples_per_task=4, batch_size=4, cache_dir=None)
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False)
-    with pytest.raises(CheckpointMismatchError, match=r"has shape \(4, 64\) but this model's is \(8, 64\); "
-                                                      "it was written with another lora_r"):
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"has shape \(4, 64\) but this model's is \(8, 64\); "
+        "it was written with another lora_r",
+    ):
         trainer.fit(module, datamodule=data, ckpt_path=str(trained / "ckpt" / "last.ckpt"))
     assert unchanged(before, trained)
 
 
 def test_adapter_on_another_architecture_is_refused(trained, tiny_models):
-    out = run_cli("generate", "--adapter", str(trained / "adapter"), "--base", str(tiny_models["gpt2"]),
-                  "--prompt", "hi", "--max_new_tokens", "2")
+    out = run_cli(
+        "generate",
+        "--adapter",
+        str(trained / "adapter"),
+        "--base",
+        str(tiny_models["gpt2"]),
+        "--prompt",
+        "hi",
+        "--max_new_tokens",
+        "2",
+    )
     line = one_error_line(out)
     assert "cannot be loaded onto base" in line and "gpt2" in line
 
@@ -114,8 +150,10 @@ def test_remote_code_never_runs_unless_allowed(tiny_models, tmp_path):
     folder = tmp_path / "custom"
     shutil.copytree(tiny_models["llama"], folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="my_custom_lm", auto_map={"AutoConfig": "modeling_custom.Config",
-                                                      "AutoModelForCausalLM": "modeling_custom.Model"})
+    config.update(
+        model_type="my_custom_lm",
+        auto_map={"AutoConfig": "modeling_custom.Config", "AutoModelForCausalLM": "modeling_custom.Model"},
+    )
     (folder / "config.json").write_text(json.dumps(config))
     marker = tmp_path / "code-ran"
     (folder / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
@@ -127,24 +165,36 @@ def test_remote_code_never_runs_unless_allowed(tiny_models, tmp_path):
 
 
 def nan_at(step):
-    """A LoRAModule._loss that returns NaN at one optimizer step."""
-    original = LoRAModule._loss
+    """A LoRAModule.completion_loss that returns NaN at one optimizer step."""
+    original = LoRAModule.completion_loss
 
     def loss(self, batch):
         value, count = original(self, batch)
         if self.training and self.global_step == step:
             value = value * float("nan")
         return value, count
+
     return loss
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_models, tmp_path, monkeypatch,
-                                                                                   capsys):
-    monkeypatch.setattr(LoRAModule, "_loss", nan_at(3))
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tiny_models, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(LoRAModule, "completion_loss", nan_at(3))
     root = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main(fit_args(tiny_models["llama"], root, "--data.max_examples_per_task", "12", "--data.batch_size", "2",
-                      "--last_checkpoint.every_n_train_steps", "1"))
+        main(
+            fit_args(
+                tiny_models["llama"],
+                root,
+                "--data.max_examples_per_task",
+                "12",
+                "--data.batch_size",
+                "2",
+                "--last_checkpoint.every_n_train_steps",
+                "1",
+            )
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "lora-lightning: stopped: non-finite loss at step 3" in err and "Traceback" not in err
@@ -155,20 +205,27 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def test_skip_mode_skips_exactly_the_bad_update(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(LoRAModule, "_loss", nan_at(3))
+    monkeypatch.setattr(LoRAModule, "completion_loss", nan_at(3))
     snapshots = {}
 
     class Watch(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            snapshots[trainer.global_step] = {n: p.detach().clone() for n, p in module.model.named_parameters()
-                                              if p.requires_grad}
+            snapshots[trainer.global_step] = {
+                n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad
+            }
 
     module = LoRAModule(model_name=str(tiny_models["llama"]), lora_r=4, nonfinite="skip", learning_rate=1e-2)
     data = FlanDataModule(tokenizer=str(tiny_models["llama"]), max_examples_per_task=4, batch_size=2, cache_dir=None)
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[Watch(), AdapterCheckpoint()])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Watch(), AdapterCheckpoint()],
+    )
     trainer.fit(module, datamodule=data)
-    assert module.skipped_updates == 1 and trainer.global_step == 6
+    assert module.step_loss.skipped_updates == 1 and trainer.global_step == 6
     for name, before in snapshots[3].items():
         assert torch.equal(snapshots[4][name], before)  # the NaN step changed nothing
         assert torch.isfinite(snapshots[6][name]).all()

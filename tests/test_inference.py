@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from lora_lightning.model.inference import adapter_base, generate, load_lora_model
-from lora_lightning.model.loading import ModelLoadError, load_causal_lm, load_tokenizer
+from lora_lightning.loading import ModelLoadError, load_causal_lm, load_tokenizer
+from lora_lightning.model import generate, load_lora_model
+from lora_lightning.model.adapters import adapter_base
 from lora_lightning.model.lora import apply_lora
 
 

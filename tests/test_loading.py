@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_lightning.model.loading import (EMBEDDED_MODEL, ModelLoadError, embedded_gguf_path, load_tokenizer,
-                                          resolve_model_path)
+from lora_lightning.loading import (
+    EMBEDDED_MODEL,
+    ModelLoadError,
+    embedded_gguf_path,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 
 def test_local_folder_resolves_to_its_absolute_path(tiny_models, monkeypatch):
@@ -20,11 +25,14 @@ def test_hub_ids_pass_through_untouched():
     assert resolve_model_path("gpt2") == "gpt2"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("./no/such/model", "does not exist"),
-    ("/no/such/dir/model", "does not exist"),
-    ("missing.gguf", "GGUF file 'missing.gguf' does not exist"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("./no/such/model", "does not exist"),
+        ("/no/such/dir/model", "does not exist"),
+        ("missing.gguf", "GGUF file 'missing.gguf' does not exist"),
+    ],
+)
 def test_missing_local_models_are_named(name, message):
     with pytest.raises(ModelLoadError, match=message):
         resolve_model_path(name)

@@ -6,7 +6,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from lora_lightning.data.tokenization import CausalLMCollator, encode_pairs
-from lora_lightning.model.loading import load_causal_lm
+from lora_lightning.loading import load_causal_lm
 from lora_lightning.model.lora import LoRAConfigError, apply_lora, resolve_target_modules
 from lora_lightning.model.loss import completion_loss
 
@@ -39,13 +39,16 @@ def test_gpt2_conv1d_is_wrapped_transposed(tiny_models):
     assert model.peft_config["default"].fan_in_fan_out is True
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"r": 0}, "lora_r must be a positive integer"),
-    ({"r": -3}, "lora_r must be a positive integer"),
-    ({"dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
-    ({"dropout": -0.1}, r"lora_dropout must be in \[0, 1\)"),
-    ({"target_modules": ["no_such_module"]}, "cannot apply LoRA"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"r": 0}, "lora_r must be a positive integer"),
+        ({"r": -3}, "lora_r must be a positive integer"),
+        ({"dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, r"lora_dropout must be in \[0, 1\)"),
+        ({"target_modules": ["no_such_module"]}, "cannot apply LoRA"),
+    ],
+)
 def test_bad_lora_settings_are_named(tiny_models, kwargs, message):
     with pytest.raises(LoRAConfigError, match=message):
         apply_lora(load_causal_lm(str(tiny_models["llama"])), **kwargs)
@@ -66,10 +69,12 @@ def test_completion_only_loss_equals_the_models_own_loss(tiny_models, tokenizer,
     encoded = encode_pairs(tokenizer, ["Is the sky blue today, friend?", "Name a dog"], ["True", "Rex the dog"], 64)
     batch = CausalLMCollator(tokenizer.eos_token_id)([vars(e) for e in encoded])
     reference = model(**batch).loss  # transformers' own shifted, token-averaged cross-entropy
-    fast_sum, count = completion_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                      chunk_tokens=3)
-    full_sum, _ = completion_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                  completion_only_head=False)
+    fast_sum, count = completion_loss(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_tokens=3
+    )
+    full_sum, _ = completion_loss(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], completion_only_head=False
+    )
     assert count == int((batch["labels"][:, 1:] != -100).sum())
     torch.testing.assert_close(fast_sum / count, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(full_sum / count, reference, rtol=1e-5, atol=1e-5)

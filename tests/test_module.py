@@ -12,13 +12,27 @@ from lora_lightning.errors import UserInputError
 
 
 def train(tiny_models, tmp_path, arch="gpt_neox", accumulate=1, **module_kwargs):
-    data = FlanDataModule(tokenizer=str(tiny_models[arch]), max_examples_per_task=8, max_val_examples_per_task=4,
-                          batch_size=4, cache_dir=None)
+    data = FlanDataModule(
+        tokenizer=str(tiny_models[arch]),
+        max_examples_per_task=8,
+        max_val_examples_per_task=4,
+        batch_size=4,
+        cache_dir=None,
+    )
     module = LoRAModule(model_name=str(tiny_models[arch]), lora_r=4, **module_kwargs)
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        accumulate_grad_batches=accumulate, gradient_clip_val=1.0,
-                        callbacks=[AdapterCheckpoint(dirpath=str(tmp_path))])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=1.0,
+        callbacks=[AdapterCheckpoint(dirpath=str(tmp_path))],
+    )
     trainer.fit(module, datamodule=data)
     return trainer, module
 

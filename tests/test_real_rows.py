@@ -7,8 +7,8 @@ computed here independently of the task YAML, and every other field the prompt u
 import string
 
 import pytest
-
 from conftest import needs_shared_data
+
 from lora_lightning.data.sources import load_task_splits
 from lora_lightning.data.tasks import load_task
 
@@ -16,14 +16,25 @@ ANLI = ["entailment", "neutral", "contradiction"]
 
 # Per task: the value each template placeholder must take, from a raw Hub row.
 EXPECTED = {
-    "bool_q": lambda r: {"text": r["passage"], "question": r["question"], "title": r["question"],
-                         "answer": "True" if r["answer"] else "False"},
-    "common_gen": lambda r: {"concepts": ", ".join(r["concepts"]), "concepts_newline": "\n".join(r["concepts"]),
-                             "target": r["target"]},
+    "bool_q": lambda r: {
+        "text": r["passage"],
+        "question": r["question"],
+        "title": r["question"],
+        "answer": "True" if r["answer"] else "False",
+    },
+    "common_gen": lambda r: {
+        "concepts": ", ".join(r["concepts"]),
+        "concepts_newline": "\n".join(r["concepts"]),
+        "target": r["target"],
+    },
     "xsum": lambda r: {"text": r["document"], "summary": r["summary"]},
     "anli": lambda r: {"context": r["premise"], "hypothesis": r["hypothesis"], "answer": ANLI[r["label"]]},
-    "squad": lambda r: {"title": r["title"], "context": r["context"], "question": r["question"],
-                        "answer": r["answers"]["text"][0]},
+    "squad": lambda r: {
+        "title": r["title"],
+        "context": r["context"],
+        "question": r["question"],
+        "answer": r["answers"]["text"][0],
+    },
     "samsum": lambda r: {"dialogue": r["dialogue"], "summary": r["summary"]},
     "paws": lambda r: {"sentence1": r["sentence1"], "sentence2": r["sentence2"], "answer": ["No", "Yes"][r["label"]]},
 }
@@ -85,9 +96,16 @@ def test_squad_completion_is_the_first_answer():
 def test_cosmos_qa_options_come_from_the_row():
     # No real cosmos_qa rows are shipped; this row is written for the test in the Hub layout.
     task = load_task("cosmos_qa")
-    row = {"id": "x", "context": "I missed the bus, so I walked.", "question": "Why did I walk?",
-           "answer0": "I like rain.", "answer1": "I missed the bus.", "answer2": "None of the above.",
-           "answer3": "My car broke.", "label": 1}
+    row = {
+        "id": "x",
+        "context": "I missed the bus, so I walked.",
+        "question": "Why did I walk?",
+        "answer0": "I like rain.",
+        "answer1": "I missed the bus.",
+        "answer2": "None of the above.",
+        "answer3": "My car broke.",
+        "label": 1,
+    }
     answer_templates = [i for i, t in enumerate(task.templates) if t.completion == "{answer}"]
     for i in answer_templates:
         prompt, completion = task.format(row, i)

@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -17,11 +16,33 @@ CONFIG = str(REPO / "configs" / "default.yaml")
 
 
 def args_for(model, root, *extra):
-    return ["fit", "--config", CONFIG, "--model.model_name", str(model), "--model.lora_r", "4",
-            "--model.learning_rate", "0.01", "--model.lora_dropout", "0", "--trainer.default_root_dir", str(root),
-            "--data.cache_dir", str(root / "cache"), "--data.max_examples_per_task", "8",
-            "--data.max_val_examples_per_task", "4", "--samples.samples_per_task", "0",
-            "--trainer.precision", "32-true", "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit", *extra]
+    return [
+        "fit",
+        "--config",
+        CONFIG,
+        "--model.model_name",
+        str(model),
+        "--model.lora_r",
+        "4",
+        "--model.learning_rate",
+        "0.01",
+        "--model.lora_dropout",
+        "0",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.cache_dir",
+        str(root / "cache"),
+        "--data.max_examples_per_task",
+        "8",
+        "--data.max_val_examples_per_task",
+        "4",
+        "--samples.samples_per_task",
+        "0",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit",
+        *extra,
+    ]
 
 
 def audit(root, rank=0):
@@ -37,8 +58,22 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_cli(*args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2"))
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_cli(*args_for(tiny_models["llama"], two, "--data.batch_size", "2", "--trainer.max_epochs", "2",
-                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"))
+    ddp = run_cli(
+        *args_for(
+            tiny_models["llama"],
+            two,
+            "--data.batch_size",
+            "2",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+        )
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # both ranks trained, on disjoint shards that together are the whole training set, each epoch
     rank0, rank1 = audit(two, 0), audit(two, 1)
@@ -58,20 +93,26 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    w1, w2 = load_file(one / "adapter_last" / "adapter_model.safetensors"), load_file(two / "adapter_last" / "adapter_model.safetensors")
+    w1, w2 = (
+        load_file(one / "adapter_last" / "adapter_model.safetensors"),
+        load_file(two / "adapter_last" / "adapter_model.safetensors"),
+    )
     assert w1.keys() == w2.keys()
     b = [k for k in w1 if "lora_B" in k]
     assert all(w1[k].abs().max() > 1e-3 for k in b)  # trained away from the zero init
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), str(two / "adapter_last"))
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), str(two / "adapter_last")
+    )
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
 
 
 def start_fit(args, log):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "lora_lightning", *args], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lora_lightning", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_for_steps(root, proc, steps, timeout=240):
@@ -112,11 +153,12 @@ def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_
     # last.ckpt is whole (a SIGKILL mid-write can only leave a temporary file beside it)
     assert torch.load(crashed / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
-    resumed = run_cli(*args_for(tiny_models["llama"], crashed, *extra, "--ckpt_path", "last"))
+    resumed = run_cli(*args_for(tiny_models["llama"], crashed, *extra, "--ckpt_path", "last"), warnings=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr + resumed.stdout  # the loader's position is checkpointed
     assert not list((crashed / "ckpt").glob(".*tmp*"))  # any stale temporary file was cleaned by the next save
     rows = audit(crashed)
-    before, after = rows[:len(trained)], rows[len(trained):]
+    before, after = rows[: len(trained)], rows[len(trained) :]
     kept = [r for r in before if r["step"] <= saved]
     combined = [(r["epoch"], r["batch_idx"], r["ids"]) for r in kept + after]
     expected = [(r["epoch"], r["batch_idx"], r["ids"]) for r in audit(reference)]

@@ -86,8 +86,10 @@ def test_user_task_yaml_is_checked(tmp_path):
     with pytest.raises(TaskError, match=r"uses \{nope\}"):
         load_task(str(bad))
     good = tmp_path / "good.yaml"
-    good.write_text("name: good\nfields: {q: question, a: {column: answer, index: 0}}\n"
-                    "templates:\n  - {prompt: 'Q: {q}', completion: '{a}'}\n")
+    good.write_text(
+        "name: good\nfields: {q: question, a: {column: answer, index: 0}}\n"
+        "templates:\n  - {prompt: 'Q: {q}', completion: '{a}'}\n"
+    )
     spec = load_task(str(good))
     assert isinstance(spec, TaskSpec) and spec.columns == ["answer", "question"]
     assert spec.format({"question": "why", "answer": ["because", "no"]}, 0) == ("Q: why", "because")

@@ -34,10 +34,9 @@ def test_batch_encoding_drops_only_what_does_not_fit(tokenizer):
 
 def test_collate_pads_to_the_longest_in_batch_with_mask_and_ignored_labels(tokenizer):
     pad = tokenizer.eos_token_id  # the tiny tokenizer has no pad token: EOS doubles as pad
-    batch = CausalLMCollator(pad)([
-        {"input_ids": [5, 6, 7, pad], "labels": [-100, -100, 7, pad]},
-        {"input_ids": [9, pad], "labels": [-100, pad]},
-    ])
+    batch = CausalLMCollator(pad)(
+        [{"input_ids": [5, 6, 7, pad], "labels": [-100, -100, 7, pad]}, {"input_ids": [9, pad], "labels": [-100, pad]}]
+    )
     assert batch["input_ids"].shape == (2, 4)
     assert batch["input_ids"][1].tolist() == [9, pad, pad, pad]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]

@@ -1,7 +1,7 @@
 """Exports the adapter alone, in peft's format, for the best validation loss and at the end.
 
 ``<dirpath>/adapter/`` (best) and ``<dirpath>/adapter_last/`` each hold ``adapter_config.json``,
-``adapter_model.safetensors``, the tokenizer files, ``training_history.json`` and a model card
+``adapter_model.safetensors``, the tokenizer files, ``prompt_format.json``, ``training_history.json`` and a model card
 (``README.md``): a folder that plain ``PeftModel.from_pretrained(base, folder)`` and
 ``AutoPeftModelForCausalLM.from_pretrained(folder)`` load. With ``model.lora=false`` the whole
 model is exported instead, as a Transformers folder (``model/`` and ``model_last/``).
@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lora_lightning.atomic_write import atomic_folder
 from lora_lightning.hub import check_hub_access, model_card, push_folder
+from lora_lightning.prompts import write_prompt_format
 
 
 class AdapterCheckpoint(Callback):
@@ -35,8 +36,14 @@ class AdapterCheckpoint(Callback):
         hub_repo: Hub repository for ``push_to_hub``, e.g. ``user/smollm2-flan-lora``.
     """
 
-    def __init__(self, dirpath: str | None = None, monitor: str = "val/loss", save_last: bool = True,
-                 push_to_hub: bool = False, hub_repo: str | None = None):
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        monitor: str = "val/loss",
+        save_last: bool = True,
+        push_to_hub: bool = False,
+        hub_repo: str | None = None,
+    ):
         if push_to_hub:
             check_hub_access(hub_repo)
         self.push_to_hub = push_to_hub
@@ -47,12 +54,15 @@ class AdapterCheckpoint(Callback):
         self.best_score: float | None = None
         self.best_step: int | None = None
         self._started = time.monotonic()
+        self.log_dir: str | None = None
 
     def root(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._started = time.monotonic()
+        # On every rank: trainer.log_dir is a collective (a broadcast) under DDP, and exports run on rank 0 only.
+        self.log_dir = str(Path(trainer.log_dir).resolve()) if trainer.log_dir else None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -87,10 +97,12 @@ class AdapterCheckpoint(Callback):
                 "best_val_loss": self.best_score,
                 "best_step": self.best_step,
                 "train_seconds": round(time.monotonic() - self._started, 1),
+                "log_dir": self.log_dir,
                 **(trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}),
-                **pl_module.loss_history,
+                **pl_module.step_loss.history,
             }
             (tmp / "training_history.json").write_text(json.dumps(history, indent=1))
+            write_prompt_format(tmp, pl_module.prompt_format)
             config_file = tmp / "adapter_config.json"
             config = json.loads(config_file.read_text()) if config_file.is_file() else None
             (tmp / "README.md").write_text(model_card(history, config))

@@ -7,6 +7,8 @@ from typing import Any
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lora_lightning.model.generation import generate
+
 
 class GenerationSamples(Callback):
     """At the end of each validation during ``fit``: greedy completions of the first
@@ -24,25 +26,35 @@ class GenerationSamples(Callback):
         self._examples: dict[str, list[dict]] | None = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
-        if (self.samples_per_task <= 0 or trainer.sanity_checking or trainer.state.fn != "fit"
-                or not trainer.is_global_zero or not hasattr(trainer.datamodule, "eval_examples")):
+        if (
+            self.samples_per_task <= 0
+            or trainer.sanity_checking
+            or trainer.state.fn != "fit"
+            or not trainer.is_global_zero
+            or not hasattr(trainer.datamodule, "eval_examples")
+        ):
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        from lora_lightning.model.inference import generate
-
         if self._examples is None:
             self._examples = trainer.datamodule.eval_examples(limit=self.samples_per_task)
         was_training = pl_module.model.training
         pl_module.model.eval()
         for task, examples in self._examples.items():
-            budget = trainer.datamodule.task_by_name(task).eval.max_new_tokens
-            outputs = generate(pl_module.model, pl_module.tokenizer, [e["prompt"] for e in examples], budget,
-                               prompt_format=trainer.datamodule.hparams.prompt_format)
+            budget = examples[0]["max_new_tokens"] if examples else 1
+            outputs = generate(
+                pl_module.model,
+                pl_module.tokenizer,
+                [e["prompt"] for e in examples],
+                budget,
+                prompt_format=pl_module.prompt_format,
+            )
             table = ["| prompt | reference | output |", "| --- | --- | --- |"]
-            table += [f"| {cell(e['prompt'], self.max_prompt_chars)} | {cell(e['reference'])} | {cell(out)} |"
-                      for e, out in zip(examples, outputs)]
+            table += [
+                f"| {cell(e['prompt'], self.max_prompt_chars)} | {cell(e['reference'])} | {cell(out)} |"
+                for e, out in zip(examples, outputs)
+            ]
             for logger in loggers:
                 logger.experiment.add_text(f"samples/{task}", "\n".join(table), global_step=trainer.global_step)
         pl_module.model.train(was_training)

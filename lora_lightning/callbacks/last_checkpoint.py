@@ -27,8 +27,9 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 50):
-        super().__init__(dirpath=dirpath, monitor=None, save_top_k=0, save_last=True,
-                         every_n_train_steps=every_n_train_steps)
+        super().__init__(
+            dirpath=dirpath, monitor=None, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
+        )
 
     @property
     def last_path(self) -> Path:
@@ -45,5 +46,6 @@ class LastCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.dirpath:
             self.save_now(trainer)
-            rank_zero_info(f"SIGTERM: saved {self.last_path} at step {trainer.global_step}; "
-                           "resume with --ckpt_path last")
+            rank_zero_info(
+                f"SIGTERM: saved {self.last_path} at step {trainer.global_step}; resume with --ckpt_path last"
+            )

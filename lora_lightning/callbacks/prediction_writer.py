@@ -1,20 +1,25 @@
-"""Writes ``predict`` results as JSON Lines: each input row with its ``completion`` added."""
+"""Writes ``predict`` results as JSON Lines: each input row with its ``completion`` added, in input order."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from lora_lightning.atomic_write import atomic_file
+from lora_lightning.distributed import gather_objects, unique_by
+
 
 class JsonlPredictionWriter(BasePredictionWriter):
     """Saves the completions of ``lora-lightning predict``.
+
+    Under DDP every rank's rows are gathered, the distributed sampler's padding repeats dropped,
+    and the file holds each input row exactly once, in input order.
 
     Args:
         output: File to write; by default ``<trainer.default_root_dir>/predictions.jsonl``. Written
@@ -25,23 +30,19 @@ class JsonlPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output = output
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any],
-                           batch_indices: Sequence[Any]) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+    ) -> None:
+        # One predict dataloader: a list of batch outputs, and the dataset index of each row.
+        indices = batch_indices[0] if len(batch_indices) == 1 else batch_indices
+        pairs = [
+            {"index": int(i), "row": row} for batch, where in zip(predictions, indices) for i, row in zip(where, batch)
+        ]
+        rows = sorted(unique_by(gather_objects(pairs), "index"), key=lambda p: p["index"])
         if not trainer.is_global_zero:
             return
         target = Path(self.output or Path(trainer.default_root_dir) / "predictions.jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        count = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for batch in predictions:  # one predict dataloader: a list of batch outputs
-                    for row in batch:
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        count += 1
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        rank_zero_info(f"Wrote {count} completions to {target}")
+        with atomic_file(target) as f:
+            for pair in rows:
+                f.write(json.dumps(pair["row"], ensure_ascii=False) + "\n")
+        rank_zero_info(f"Wrote {len(rows)} completions to {target}")

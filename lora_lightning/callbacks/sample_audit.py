@@ -30,12 +30,22 @@ class SampleAudit(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self._file = open(folder / f"rank{trainer.global_rank}.jsonl", "a", encoding="utf-8")
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._file is None or "example_id" not in batch:
             return
-        self._file.write(json.dumps({"epoch": trainer.current_epoch, "batch_idx": batch_idx,
-                                     "step": trainer.global_step, "ids": batch["example_id"]}) + "\n")
+        self._file.write(
+            json.dumps(
+                {
+                    "epoch": trainer.current_epoch,
+                    "batch_idx": batch_idx,
+                    "step": trainer.global_step,
+                    "ids": batch["example_id"],
+                }
+            )
+            + "\n"
+        )
         self._file.flush()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -51,7 +51,10 @@ class ThroughputLogger(Callback):
         self.flops += batch_flops(pl_module.model, batch, pl_module.hparams.get("completion_only_head", True))
         self.batches += 1
         if self.batches >= self.window:
-            metrics = {"perf/tokens_per_s": self.tokens / self.seconds, "perf/samples_per_s": self.samples / self.seconds}
+            metrics = {
+                "perf/tokens_per_s": self.tokens / self.seconds,
+                "perf/samples_per_s": self.samples / self.seconds,
+            }
             if self.peak:
                 metrics["perf/mfu"] = self.flops / self.seconds / self.peak
             pl_module.log_dict(metrics, on_step=True, on_epoch=False)

@@ -9,7 +9,8 @@ sentences). The template is drawn, seeded, among the task's evaluation templates
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lora_lightning.data.tasks import TaskSpec
 
@@ -25,8 +26,9 @@ def group_rows(task: TaskSpec, rows: Sequence[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def build_eval_examples(task: TaskSpec, rows: Sequence[dict], limit: int | None, seed: int, shots: int = 0,
-                        shot_rows: Sequence[dict] = ()) -> list[dict]:
+def build_eval_examples(
+    task: TaskSpec, rows: Sequence[dict], limit: int | None, seed: int, shots: int = 0, shot_rows: Sequence[dict] = ()
+) -> list[dict]:
     """Evaluation examples for one task from its held-out rows (already in a seeded order)."""
     groups = group_rows(task, rows)[:limit]
     templates = task.eval_templates
@@ -42,11 +44,21 @@ def build_eval_examples(task: TaskSpec, rows: Sequence[dict], limit: int | None,
             references = list(dict.fromkeys(task.format(r, template)[1] for r in group))
         if shots:
             exemplars = rng.sample(list(shot_rows), min(shots, len(shot_rows)))
-            prompt = SHOT_SEPARATOR.join("\n".join(task.format(r, template)) for r in exemplars) + SHOT_SEPARATOR + prompt
-        examples.append({
-            "task": task.name, "prompt": prompt, "reference": completion, "references": references,
-            "options": task.row_options(row) if task.answer_field else None,
-            "answer": task.answer_index(row) if task.answer_field else None,
-            "concepts": [str(c) for c in task.column_value(row, task.eval.concepts)] if task.eval.concepts else None,
-        })
+            prompt = (
+                SHOT_SEPARATOR.join("\n".join(task.format(r, template)) for r in exemplars) + SHOT_SEPARATOR + prompt
+            )
+        examples.append(
+            {
+                "task": task.name,
+                "max_new_tokens": task.eval.max_new_tokens,
+                "prompt": prompt,
+                "reference": completion,
+                "references": references,
+                "options": task.row_options(row) if task.answer_field else None,
+                "answer": task.answer_index(row) if task.answer_field else None,
+                "concepts": [str(c) for c in task.column_value(row, task.eval.concepts)]
+                if task.eval.concepts
+                else None,
+            }
+        )
     return examples

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 STRATEGIES = ("proportional", "uniform", "temperature")
 
 
-def mixture_counts(sizes: Mapping[str, int], strategy: str = "proportional", cap: int | None = None,
-                   temperature: float = 2.0) -> dict[str, int]:
+def mixture_counts(
+    sizes: Mapping[str, int], strategy: str = "proportional", cap: int | None = None, temperature: float = 2.0
+) -> dict[str, int]:
     """Examples per task; the counts sum to ``sum(min(size, cap))`` (largest-remainder rounding)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"data.mixing must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

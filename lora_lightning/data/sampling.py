@@ -1,49 +1,114 @@
-"""A training sampler whose order is a pure function of (seed, epoch, rank), and that can resume.
+"""Training order as a pure function of (seed, epoch, rank), and a DataLoader that resumes it.
 
 Each epoch is a seeded permutation split across ranks (torch's ``DistributedSampler`` does the
-permutation, so Lightning leaves it in place under DDP). When an epoch's iteration starts, the
-sampler asks how many batches of that epoch the (possibly restored) training loop has already
-done and leaves their samples out, so a run resumed from a mid-epoch checkpoint sees exactly the
-batches an uninterrupted one would: none repeated, none skipped.
+permutation, so Lightning leaves it in place under DDP). :class:`ResumableLoader` counts the
+batches the training loop has taken in the current epoch and exposes that through the
+``state_dict`` / ``load_state_dict`` interface Lightning saves in every checkpoint; a run resumed
+from a mid-epoch checkpoint leaves those batches out and sees exactly the batches an uninterrupted
+one would: none repeated, none skipped.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any
 
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lora_lightning.data.tokenization import IGNORE_INDEX
 
 MEGA_BATCHES = 50  # length grouping sorts within windows of this many batches
 
 
 class ResumableSampler(DistributedSampler):
-    """Epoch-seeded, rank-sharded order that skips the batches ``batches_done()`` reports.
+    """Epoch-seeded, rank-sharded order; after ``resume_at = (epoch, n)`` that epoch's iteration
+    leaves out its first ``n`` batches.
 
     With ``lengths``, batches are grouped by length (less padding): each window of
     ``MEGA_BATCHES`` batches of the shuffled order is sorted by length and cut into batches, and
     the batches are shuffled (seeded), the one short batch last so batch boundaries stay put.
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int = 0, batch_size: int = 1,
-                 batches_done: Callable[[], int] = lambda: 0, lengths: Sequence[int] | None = None):
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        batch_size: int = 1,
+        lengths: Sequence[int] | None = None,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.batch_size = batch_size
-        self.batches_done = batches_done
         self.lengths = lengths
+        self.skip_batches = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def __iter__(self) -> Iterator[int]:
+        resume, self.resume_at = self.resume_at, None
+        self.skip_batches = resume[1] if resume is not None and resume[0] == self.epoch else 0
         indices = list(super().__iter__())
         if self.lengths is not None:
             indices = self.group_by_length(indices)
-        return iter(indices[self.batches_done() * self.batch_size:])
+        return iter(indices[self.skip_batches * self.batch_size :])
 
     def group_by_length(self, indices: list[int]) -> list[int]:
         window = self.batch_size * MEGA_BATCHES
         batches = []
         for start in range(0, len(indices), window):
-            chunk = sorted(indices[start:start + window], key=lambda i: self.lengths[i], reverse=True)
-            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(indices[start : start + window], key=lambda i: self.lengths[i], reverse=True)
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         full = [b for b in batches if len(b) == self.batch_size]
         random.Random(f"{self.seed}:{self.epoch}:{self.rank}").shuffle(full)
         return [i for b in full + [b for b in batches if len(b) < self.batch_size] for i in b]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler` whose position Lightning checkpoints, and
+    that tells each batch what its optimizer step holds.
+
+    Batches go out one accumulation window (``accumulate`` batches, aligned to the epoch's start)
+    at a time; each carries ``step_tokens``, the completion tokens of its whole window on this rank,
+    and ``step_end``, true on the window's last batch: what a per-token loss of the whole step
+    needs (:mod:`lora_lightning.model.step_loss`). The loader counts the batches it has handed to
+    the training loop in the current epoch; ``state_dict`` is ``{epoch, batches}``, and after
+    ``load_state_dict`` the iteration of that same epoch starts after those batches (any other
+    epoch starts from its beginning).
+    """
+
+    def __init__(self, *args: Any, sampler: ResumableSampler, accumulate: int = 1, **kwargs: Any):
+        super().__init__(*args, sampler=sampler, **kwargs)
+        self.accumulate = max(int(accumulate), 1)
+        self.epoch_counted = 0
+        self.batches_counted = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._by_window(super().__iter__())
+
+    def _by_window(self, batches: Iterator[Any]) -> Iterator[Any]:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        total, pending, position = len(self), [], 0
+        for number, batch in enumerate(batches):
+            if number == 0:  # the sampler has now picked its epoch and its starting batch
+                self.epoch_counted, self.batches_counted = sampler.epoch, sampler.skip_batches
+                position = sampler.skip_batches
+            pending.append(batch)
+            position += 1
+            if position % self.accumulate == 0 or position >= total:
+                yield from self._release(pending)
+                pending = []
+        yield from self._release(pending)
+
+    def _release(self, window: list[dict]) -> Iterator[dict]:
+        tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
+        for i, batch in enumerate(window):
+            batch["step_tokens"], batch["step_end"] = tokens, i == len(window) - 1
+            self.batches_counted += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch_counted), "batches": int(self.batches_counted)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.sampler.resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""Where a task's rows come from: the bundled demo mix, the Hugging Face Hub, or local files.
+"""Where rows come from: the bundled demo mix, the Hugging Face Hub, local files, prompt files.
 
 All three go through ``datasets.load_dataset``, so Hub and local data are read, cached and typed
 the same way.
@@ -7,11 +7,12 @@ the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lora_lightning.data.tasks import TaskSpec
-from lora_lightning.errors import UserInputError
+from lora_lightning.errors import UserInputError, first_line
 
 DEMO_DIR = Path(__file__).parent / "demo"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -41,8 +42,10 @@ def demo_files(task: TaskSpec) -> dict[str, str]:
     files = {split: str(folder / f"{split}.jsonl") for split in SPLITS if (folder / f"{split}.jsonl").is_file()}
     if "train" not in files:
         demo = ", ".join(sorted(p.name for p in DEMO_DIR.iterdir() if p.is_dir()))
-        raise DataSourceError(f"task {task.name!r} has no bundled demo data (demo tasks: {demo}); "
-                              f"use data.source=hub or give data.data_files.{task.name}")
+        raise DataSourceError(
+            f"task {task.name!r} has no bundled demo data (demo tasks: {demo}); "
+            f"use data.source=hub or give data.data_files.{task.name}"
+        )
     return files
 
 
@@ -56,7 +59,7 @@ def load_file(task: TaskSpec, path: str) -> Any:
         ds = datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as err:  # datasets raises many types for unreadable files
         reason = first_bad_json_line(path) if builder == "json" else None
-        reason = reason or str(err).strip().splitlines()[0]
+        reason = reason or first_line(err)
         raise DataSourceError(f"task {task.name!r}: cannot read {path!r}: {reason}") from None
     return check_columns(task, ds, path)
 
@@ -88,24 +91,28 @@ def load_hub(task: TaskSpec, split: str) -> Any:
     try:
         ds = datasets.load_dataset(task.hub_path, task.hub_name, split=hub_split)
     except Exception as err:
-        raise DataSourceError(f"task {task.name!r}: cannot load {task.hub_path!r} split {hub_split!r} from the Hub "
-                              f"({str(err).strip().splitlines()[0]}); without network use data.source=demo "
-                              "or local data.data_files") from None
+        raise DataSourceError(
+            f"task {task.name!r}: cannot load {task.hub_path!r} split {hub_split!r} from the Hub "
+            f"({first_line(err)}); without network use data.source=demo "
+            "or local data.data_files"
+        ) from None
     return check_columns(task, ds, task.hub_path)
 
 
 def check_columns(task: TaskSpec, ds: Any, origin: str) -> Any:
     missing = [c for c in task.columns if c not in ds.column_names]
     if missing:
-        raise DataSourceError(f"task {task.name!r}: {origin!r} lacks column(s) {', '.join(missing)} "
-                              f"(it has {', '.join(ds.column_names)})")
+        raise DataSourceError(
+            f"task {task.name!r}: {origin!r} lacks column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)})"
+        )
     if len(ds) == 0:
         raise DataSourceError(f"task {task.name!r}: {origin!r} has no rows")
     return ds
 
 
-def load_task_splits(task: TaskSpec, source: str, files: Mapping[str, str] | None,
-                     wanted: tuple[str, ...] = ("train", "validation")) -> dict[str, Any]:
+def load_task_splits(
+    task: TaskSpec, source: str, files: Mapping[str, str] | None, wanted: tuple[str, ...] = ("train", "validation")
+) -> dict[str, Any]:
     """Those of the ``wanted`` splits the task has, as ``datasets.Dataset`` objects."""
     if files is None and source == "demo":
         files = demo_files(task)
@@ -114,3 +121,26 @@ def load_task_splits(task: TaskSpec, source: str, files: Mapping[str, str] | Non
     if source == "hub":
         return {split: load_hub(task, split) for split in wanted if task.splits.get(split)}
     raise DataSourceError(f"data.source must be 'demo' or 'hub', got {source!r}")
+
+
+def read_prompt_rows(path: str) -> list[dict]:
+    """Prompt rows of a JSON Lines file (``predict``), each checked to be an object with a string ``prompt``."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserInputError(f"{path!r} line {number} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise UserInputError(f'{path!r} line {number} needs a string "prompt"')
+            rows.append(row)
+    if not rows:
+        raise UserInputError(f"{path!r} holds no prompts")
+    return rows
+
+
+def collate_prompt_rows(rows: list[dict]) -> dict[str, list]:
+    return {"prompt": [r["prompt"] for r in rows], "rows": rows}

@@ -7,15 +7,15 @@ EOS, and EOS is labelled too, so the model learns to stop. That holds when the p
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from lora_lightning.errors import UserInputError
+from lora_lightning.prompts import render_completion, render_prompt
 
 IGNORE_INDEX = -100
-PROMPT_FORMATS = ("plain", "chat")
 
 
 @dataclass
@@ -24,44 +24,35 @@ class EncodedExample:
     labels: list[int]
 
 
-def fit_pair(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length: int,
-             min_prompt_tokens: int = 1) -> EncodedExample | None:
-    """Joins prompt and completion ids, cutting the prompt's start; None when it cannot fit."""
+def cut_prompt(prompt_ids: Sequence[int], room: int, special_ids: Collection[int] = ()) -> list[int]:
+    """At most ``room`` ids of a prompt, cut from its start but keeping its leading special tokens
+    (BOS, a chat template's opening marker): the model was never shown text without them."""
+    ids = list(prompt_ids)
+    if len(ids) <= room:
+        return ids
+    lead = 0
+    while lead < len(ids) and ids[lead] in special_ids:
+        lead += 1
+    lead = min(lead, max(room - 1, 0))
+    return ids[:lead] + ids[len(ids) - (room - lead) :]
+
+
+def fit_pair(
+    prompt_ids: Sequence[int],
+    completion_ids: Sequence[int],
+    max_length: int,
+    min_prompt_tokens: int = 1,
+    special_ids: Collection[int] = (),
+) -> EncodedExample | None:
+    """Joins prompt and completion ids, cutting the prompt's start (leading special tokens kept);
+    None when it cannot fit."""
     room = max_length - len(completion_ids)
     if room < min_prompt_tokens:
         return None
-    prompt_ids = list(prompt_ids)[-room:] if len(prompt_ids) > room else list(prompt_ids)
-    return EncodedExample(input_ids=prompt_ids + list(completion_ids),
-                          labels=[IGNORE_INDEX] * len(prompt_ids) + list(completion_ids))
-
-
-def render_prompt(tokenizer: Any, prompt: str, prompt_format: str = "plain", separator: str = "\n") -> str:
-    """The text before the answer, the same in training and in generation.
-
-    ``plain``: FLAN text, the prompt then ``separator``. ``chat``: the tokenizer's chat template
-    with the prompt as the user turn, up to the start of the assistant turn.
-    """
-    if prompt_format == "plain":
-        return prompt + separator
-    if prompt_format != "chat":
-        raise UserInputError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserInputError("the tokenizer has no chat template; use data.prompt_format=plain")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
-def render_completion(tokenizer: Any, prompt: str, completion: str, prompt_format: str = "plain") -> str:
-    """The answer text; for ``chat`` the assistant turn as the template writes it (end-of-turn included)."""
-    if prompt_format == "plain":
-        return completion
-    head = render_prompt(tokenizer, prompt, prompt_format)
-    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                          {"role": "assistant", "content": completion}], tokenize=False)
-    if not full.startswith(head):
-        raise UserInputError("the tokenizer's chat template does not render the user turn as a prefix of the "
-                         "conversation; use data.prompt_format=plain")
-    return full[len(head):]
+    prompt_ids = cut_prompt(prompt_ids, room, special_ids)
+    return EncodedExample(
+        input_ids=prompt_ids + list(completion_ids), labels=[IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)
+    )
 
 
 def end_with_eos(ids: list[int], eos: int) -> list[int]:
@@ -71,8 +62,14 @@ def end_with_eos(ids: list[int], eos: int) -> list[int]:
     return ids + [eos]
 
 
-def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int,
-                 prompt_format: str = "plain", min_prompt_tokens: int = 1) -> list[EncodedExample | None]:
+def encode_pairs(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    max_length: int,
+    prompt_format: str = "plain",
+    min_prompt_tokens: int = 1,
+) -> list[EncodedExample | None]:
     """Token ids for each rendered prompt then completion + EOS, within ``max_length``.
 
     When too long, the prompt loses tokens from its start (the end of a FLAN prompt holds the
@@ -86,14 +83,19 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
     prompt_ids = tokenizer(heads, add_special_tokens=prompt_format == "plain")["input_ids"]
     completion_ids = tokenizer(tails, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    return [fit_pair(p, end_with_eos(c, eos), max_length, min_prompt_tokens) for p, c in zip(prompt_ids, completion_ids)]
+    special = set(tokenizer.all_special_ids)
+    return [
+        fit_pair(p, end_with_eos(c, eos), max_length, min_prompt_tokens, special)
+        for p, c in zip(prompt_ids, completion_ids)
+    ]
 
 
 class CausalLMCollator:
     """Pads a batch to its own longest sequence (right padding) with an attention mask.
 
     Padded positions get ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask`` and -100 in
-    ``labels``. Example ids, when the examples have them, pass through (for auditing what was trained on).
+    ``labels``. Example ids and task names, when the examples have them, pass through (for auditing what
+    was trained on, and per-task curves).
     """
 
     def __init__(self, pad_token_id: int):
@@ -110,6 +112,7 @@ class CausalLMCollator:
             labels[row, :n] = torch.as_tensor(ex["labels"])
             attention_mask[row, :n] = 1
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if "example_id" in batch[0]:
-            out["example_id"] = [ex["example_id"] for ex in batch]
+        for key in ("example_id", "task"):
+            if key in batch[0]:
+                out[key] = [ex[key] for ex in batch]
         return out

@@ -5,10 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from lora_lightning.data.tasks import TaskSpec
-from lora_lightning.evaluation.metrics import accuracy, concept_coverage, normalize_answer, rouge_l, sacrebleu, squad_scores
+from lora_lightning.evaluation.metrics import (
+    accuracy,
+    concept_coverage,
+    normalize_answer,
+    rouge_l,
+    sacrebleu,
+    squad_scores,
+)
 
 
 def task_metrics(task: TaskSpec, records: Sequence[dict]) -> dict[str, float]:
@@ -22,8 +29,9 @@ def task_metrics(task: TaskSpec, records: Sequence[dict]) -> dict[str, float]:
     for metric in task.metrics:
         if metric == "accuracy":
             out["accuracy_rank"] = accuracy([r["ranked"] == r["answer"] for r in records])
-            out["accuracy_exact"] = accuracy([normalize_answer(r["prediction"]) == normalize_answer(r["options"][r["answer"]])
-                                              for r in records])
+            out["accuracy_exact"] = accuracy(
+                [normalize_answer(r["prediction"]) == normalize_answer(r["options"][r["answer"]]) for r in records]
+            )
         elif metric == "rouge_l":
             out["rouge_l"] = rouge_l(preds, refs)
         elif metric == "coverage":
@@ -53,8 +61,11 @@ def results_rows(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> li
 
 def as_markdown(rows: Sequence[dict], title: str = "") -> str:
     columns = list(rows[0])
-    lines = [f"{title}\n" if title else "", "| " + " | ".join(columns) + " |",
-             "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines = [
+        f"{title}\n" if title else "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(" --- " for _ in columns) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     return "\n".join(line for line in lines if line) + "\n"

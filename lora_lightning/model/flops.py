@@ -44,12 +44,12 @@ def batch_flops(model: Any, batch: dict[str, torch.Tensor], completion_only_head
     config = hf.config
     width = hf.get_input_embeddings().weight.shape[1]
     vocab = hf.get_output_embeddings().weight.shape[0]
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     lengths = batch["attention_mask"].sum(dim=1).double()
     tokens = float(lengths.sum())
     head_tokens = float((batch["labels"][:, 1:] != -100).sum()) if completion_only_head else tokens
     linear, trainable_linear = linear_weight_count(model)
-    forward = 2 * linear * tokens + 2 * layers * width * float((lengths ** 2).sum()) + 2 * width * vocab * head_tokens
+    forward = 2 * linear * tokens + 2 * layers * width * float((lengths**2).sum()) + 2 * width * vocab * head_tokens
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return 2 * forward + 2 * trainable * tokens
 
@@ -63,7 +63,7 @@ def measured_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, se
     while time.perf_counter() - start < seconds:
         a @ b
         runs += 1
-    return 2 * size ** 3 * runs / (time.perf_counter() - start)
+    return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:

@@ -32,8 +32,14 @@ def supports_completion_only_head(model: Any) -> bool:
     return hf.get_output_embeddings() is not None and hf.base_model is not hf
 
 
-def completion_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                    chunk_tokens: int = 2048, completion_only_head: bool = True) -> tuple[torch.Tensor, int]:
+def completion_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int = 2048,
+    completion_only_head: bool = True,
+) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies over labelled positions, and their count.
 
     Returning the sum (not the mean) lets callers average over tokens across batches and devices.
@@ -42,8 +48,13 @@ def completion_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return losses.sum(), int(losses.numel())
 
 
-def sequence_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                    completion_only_head: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_losses(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    completion_only_head: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed completion cross-entropy (minus its log-probability) and its token count."""
     losses, rows = token_losses(model, input_ids, attention_mask, labels, completion_only_head=completion_only_head)
     n = input_ids.shape[0]
@@ -52,8 +63,14 @@ def sequence_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     return sums, counts
 
 
-def token_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                 chunk_tokens: int = 2048, completion_only_head: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int = 2048,
+    completion_only_head: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy at every labelled position (float32), and the batch row of each."""
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
@@ -66,6 +83,10 @@ def token_losses(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
     picked = hidden[:, :-1][mask]
     head = hf.get_output_embeddings()
-    parts = [F.cross_entropy(head(picked[start:start + chunk_tokens]).float(), targets[start:start + chunk_tokens],
-                             reduction="none") for start in range(0, int(targets.numel()), chunk_tokens)]
+    parts = [
+        F.cross_entropy(
+            head(picked[start : start + chunk_tokens]).float(), targets[start : start + chunk_tokens], reduction="none"
+        )
+        for start in range(0, int(targets.numel()), chunk_tokens)
+    ]
     return (torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)), rows

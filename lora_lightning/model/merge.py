@@ -12,23 +12,33 @@ import torch
 
 from lora_lightning.atomic_write import atomic_folder
 from lora_lightning.errors import UserInputError
-from lora_lightning.model.inference import load_lora_model
-from lora_lightning.model.loading import DEFAULT_BASE_CACHE, load_tokenizer
+from lora_lightning.loading import DEFAULT_BASE_CACHE, load_tokenizer
+from lora_lightning.model.adapters import load_lora_model
 
-PROBES = ["Concepts: dog, ball, park\n\nWrite a sentence that includes all these words.",
-          "The river is long.\n\nCan we conclude that the river is short?\n\nOPTIONS:\n- False\n- True"]
+PROBES = [
+    "Concepts: dog, ball, park\n\nWrite a sentence that includes all these words.",
+    "The river is long.\n\nCan we conclude that the river is short?\n\nOPTIONS:\n- False\n- True",
+]
 
 
 class MergeError(UserInputError):
     """A merge that would not reproduce base + adapter, or an output that would be overwritten."""
 
 
-def merge_adapter(adapter: str | Path, output: str | Path, base: str | None = None, atol: float = 1e-4,
-                  overwrite: bool = False, base_cache_dir: str = DEFAULT_BASE_CACHE) -> float:
+def merge_adapter(
+    adapter: str | Path,
+    output: str | Path,
+    base: str | None = None,
+    atol: float = 1e-4,
+    overwrite: bool = False,
+    base_cache_dir: str = DEFAULT_BASE_CACHE,
+) -> float:
     """Merges, checks and saves; returns the largest logit difference found by the check."""
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MergeError(f"output folder {str(output)!r} exists and is not empty; pass --overwrite true or another --output")
+        raise MergeError(
+            f"output folder {str(output)!r} exists and is not empty; pass --overwrite true or another --output"
+        )
     model = load_lora_model(base, adapter, base_cache_dir=base_cache_dir)
     tokenizer = load_tokenizer(str(adapter))
     tokenizer.padding_side = "right"
@@ -45,19 +55,3 @@ def merge_adapter(adapter: str | Path, output: str | Path, base: str | None = No
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return diff
-
-
-def merge_command(*, adapter: str, output: str, base: str | None = None, atol: float = 1e-4,
-                  overwrite: bool = False, base_cache_dir: str = DEFAULT_BASE_CACHE) -> None:
-    """Merge a trained adapter into its base and save a standard Transformers model folder.
-
-    Args:
-        adapter: Adapter folder written by training (e.g. checkpoints/default/adapter).
-        output: Folder for the merged model (safetensors, config, tokenizer).
-        base: Base model; by default the one the adapter names.
-        atol: Largest logit difference allowed between the merged model and base + adapter.
-        overwrite: Replace an existing, non-empty output folder.
-        base_cache_dir: Cache of converted GGUF models.
-    """
-    diff = merge_adapter(adapter, output, base, atol, overwrite, base_cache_dir)
-    print(f"Merged {adapter} into {output} (largest logit difference {diff:.2e})")

@@ -7,18 +7,25 @@ options of all examples in a batch go through one forward pass.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from lora_lightning.data.tokenization import CausalLMCollator, encode_pairs
-from lora_lightning.model.inference import generate
+from lora_lightning.model.generation import generate
 from lora_lightning.model.loss import sequence_losses
 
 
 @torch.inference_mode()
-def completion_nll(model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], max_length: int,
-                   prompt_format: str = "plain") -> tuple[list[float], list[int]]:
+def completion_nll(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    max_length: int,
+    prompt_format: str = "plain",
+) -> tuple[list[float], list[int]]:
     """Per pair: summed negative log-likelihood of the completion (+ EOS) and its token count."""
     encoded = encode_pairs(tokenizer, prompts, completions, max_length, prompt_format)
     kept = [i for i, e in enumerate(encoded) if e is not None]
@@ -34,30 +41,52 @@ def completion_nll(model: Any, tokenizer: Any, prompts: Sequence[str], completio
     return sums, counts
 
 
-def rank_classify(model: Any, tokenizer: Any, prompts: Sequence[str], options: Sequence[Sequence[str]],
-                  max_length: int, prompt_format: str = "plain") -> list[int]:
+def rank_classify(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    max_length: int,
+    prompt_format: str = "plain",
+) -> list[int]:
     """For each prompt, the index of its option with the highest completion log-probability."""
     flat_prompts = [p for p, opts in zip(prompts, options) for _ in opts]
     flat_options = [o for opts in options for o in opts]
     nll, _ = completion_nll(model, tokenizer, flat_prompts, flat_options, max_length, prompt_format)
     choices, start = [], 0
     for opts in options:
-        scores = nll[start:start + len(opts)]
+        # A NaN score (an option that could not be scored) never wins; inf sorts after every number.
+        scores = [s if s == s else float("inf") for s in nll[start : start + len(opts)]]
         choices.append(min(range(len(opts)), key=lambda k: scores[k]))
         start += len(opts)
     return choices
 
 
-def score_examples(model: Any, tokenizer: Any, examples: Sequence[dict], max_new_tokens: int, max_length: int,
-                   prompt_format: str = "plain") -> list[dict]:
-    """Per example: loss sum and tokens of the reference completion, the generated text, and for
-    classification the rank-classified option."""
+def score_examples(
+    model: Any, tokenizer: Any, examples: Sequence[dict], max_length: int, prompt_format: str = "plain"
+) -> list[dict]:
+    """Per example: loss sum and tokens of the reference completion, the generated text (up to the
+    example's ``max_new_tokens``), and for classification the rank-classified option."""
+    max_new_tokens = max(e["max_new_tokens"] for e in examples) if examples else 1
     prompts = [e["prompt"] for e in examples]
-    nll, counts = completion_nll(model, tokenizer, prompts, [e["reference"] for e in examples], max_length,
-                                 prompt_format)
-    texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts),
-                     prompt_format=prompt_format, max_prompt_tokens=max(max_length - max_new_tokens, 8))
-    ranked = (rank_classify(model, tokenizer, prompts, [e["options"] for e in examples], max_length, prompt_format)
-              if examples and examples[0]["options"] else [None] * len(examples))
-    return [{**e, "loss_sum": s, "tokens": c, "prediction": t, "ranked": r}
-            for e, s, c, t, r in zip(examples, nll, counts, texts, ranked)]
+    nll, counts = completion_nll(
+        model, tokenizer, prompts, [e["reference"] for e in examples], max_length, prompt_format
+    )
+    texts = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=len(prompts),
+        prompt_format=prompt_format,
+        max_prompt_tokens=max(max_length - max_new_tokens, 8),
+    )
+    ranked = (
+        rank_classify(model, tokenizer, prompts, [e["options"] for e in examples], max_length, prompt_format)
+        if examples and examples[0]["options"]
+        else [None] * len(examples)
+    )
+    return [
+        {**e, "loss_sum": s, "tokens": c, "prediction": t, "ranked": r}
+        for e, s, c, t, r in zip(examples, nll, counts, texts, ranked)
+    ]

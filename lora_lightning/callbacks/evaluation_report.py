@@ -1,0 +1,106 @@
+"""The results table of ``test`` (and standalone ``validate``): task metrics, base vs adapter.
+
+The module scores evaluation examples (:meth:`LoRAModule.test_step`); this callback gathers the
+scores from every rank (each example counted once: a distributed sampler's padding repeats are
+dropped), computes each task's metrics, logs them (``test/<task>/<metric>``,
+``test_base/<task>/<metric>``) and writes ``eval_results.md`` and ``.csv`` beside the adapter (or
+in the run folder). The table's title names the split each task was scored on and its row count:
+rows that neither trained the adapter nor picked it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from lora_lightning.atomic_write import atomic_file
+from lora_lightning.distributed import gather_objects, unique_by
+from lora_lightning.evaluation.report import as_csv, as_markdown, results_rows, task_metrics
+
+
+class EvaluationReport(Callback):
+    """Turns the scored evaluation examples into metrics, logs and the results table.
+
+    Args:
+        dirpath: Folder for ``eval_results.md``/``.csv``; default: beside the adapter's folder when
+            one is loaded, else ``trainer.default_root_dir``.
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        pl_module.scored = {}
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":
+            pl_module.scored = {}
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":
+            self.report(trainer, pl_module, "validate")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self.report(trainer, pl_module, "test")
+
+    def report(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        records = {mode: unique_by(gather_objects(rows), "eval_id") for mode, rows in pl_module.scored.items()}
+        pl_module.scored = {}
+        if not records:
+            return
+        dm = trainer.datamodule
+        self.results = {
+            mode: {t.name: task_metrics(t, [r for r in rows if r["task"] == t.name]) for t in dm.task_specs}
+            for mode, rows in records.items()
+        }
+        for mode, per_task in self.results.items():
+            prefix = stage if mode != "base" else f"{stage}_base"
+            for task, values in per_task.items():
+                for metric, value in values.items():
+                    pl_module.log(f"{prefix}/{task}/{metric}", value, rank_zero_only=True)
+        if not trainer.is_global_zero:
+            return
+        rows = results_rows(self.results)
+        first = next(iter(records.values()))
+        counts = {t.name: sum(r["task"] == t.name for r in first) for t in dm.task_specs}
+        splits = {r["task"]: r.get("split", "?") for r in first}
+        scored_on = "; ".join(f"{task} {n} ({splits.get(task, '?')})" for task, n in counts.items())
+        shots = dm.hparams.eval_shots
+        versus = ", base model vs adapter" if "adapter" in records else ""
+        title = (
+            f"Evaluation rows never used for training or checkpoint selection ({shots}-shot, prompt format "
+            f"{pl_module.prompt_format}{versus}): {scored_on}"
+        )
+        adapter = pl_module.hparams.get("adapter")
+        where = Path(self.dirpath or (Path(adapter).parent if adapter else trainer.default_root_dir))
+        name = f"eval_results{'' if not shots else f'_{shots}shot'}"
+        with atomic_file(where / f"{name}.md") as f:
+            f.write(as_markdown(rows, f"## {title}"))
+        with atomic_file(where / f"{name}.csv") as f:
+            f.write(as_csv(rows))
+        rank_zero_info(f"{title}:\n{as_markdown(rows)}Written to {where / name}.md and .csv")
+        if adapter and "adapter" in self.results and not shots:
+            log_to_training_run(Path(adapter), self.results["adapter"])
+
+
+def log_to_training_run(adapter: Path, results: dict[str, dict[str, float]]) -> None:
+    """The adapter's results as ``hp/test/<task>/<metric>`` in the log folder of the ``fit`` that
+    trained it (named in its ``training_history.json``), where its hparams record declared them:
+    the HPARAMS tab then shows each run's settings with its evaluation."""
+    history = adapter / "training_history.json"
+    info = json.loads(history.read_text()) if history.is_file() else {}
+    log_dir = info.get("log_dir")
+    if not log_dir or not Path(log_dir).is_dir():
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    with contextlib.closing(SummaryWriter(log_dir)) as writer:
+        for task, values in results.items():
+            for metric, value in values.items():
+                writer.add_scalar(f"hp/test/{task}/{metric}", value, info.get("global_step") or 0)

@@ -1,0 +1,306 @@
+"""From task rows to the three disjoint sets a run uses, and the training set to tokens.
+
+Every task's rows are split three ways, disjoint by row:
+
+- **train**: what the model learns from (mixed across tasks, capped, templated, tokenized);
+- **selection**: the validation loss during ``fit``, which picks the best adapter;
+- **evaluation**: what the results table scores (``test`` / standalone ``validate``), never seen
+  by training nor by checkpoint selection.
+
+A task's own splits are used where it has them: with a (labelled) test split, selection is its
+validation split and evaluation its test split; with a validation split only, evaluation is that
+validation split (comparable to published numbers) and selection is ``val_fraction`` of the
+training rows; with training rows only, both are carved from them (``val_fraction`` each,
+seeded). Which split played which part is recorded (the adapter's ``training_history.json`` and
+the title of the results table).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from lora_lightning.data.cache import cache_key, file_fingerprint, tokenizer_fingerprint
+from lora_lightning.data.eval_examples import build_eval_examples
+from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
+from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
+from lora_lightning.data.tasks import TaskError, TaskSpec, load_task
+from lora_lightning.data.tokenization import IGNORE_INDEX, encode_pairs
+from lora_lightning.errors import UserInputError
+
+SELECTION_INDEX_BASE = 1_000_000_000  # template draws of selection rows never repeat training ones
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What shapes the data of a run, checked once when it is made."""
+
+    source: str = "demo"
+    seed: int = 42
+    val_fraction: float = 0.1
+    max_examples_per_task: int | None = None
+    max_val_examples_per_task: int | None = 200
+    mixing: str = "proportional"
+    mixing_temperature: float = 2.0
+    max_length: int = 512
+    num_proc: int | None = None
+    eval_examples_per_task: int | None = 100
+    eval_shots: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> DataSettings:
+        """The settings among ``values`` (a data module's hyperparameters)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def __post_init__(self) -> None:
+        for name in ("max_examples_per_task", "max_val_examples_per_task", "eval_examples_per_task"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserInputError(f"data.{name} must be positive or null, got {value}")
+        if self.eval_shots < 0:
+            raise UserInputError(f"data.eval_shots must be 0 or more, got {self.eval_shots}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise UserInputError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.max_length < 8:
+            raise UserInputError(f"data.max_length must be at least 8, got {self.max_length}")
+        if self.mixing not in STRATEGIES:
+            raise UserInputError(f"data.mixing must be one of {', '.join(STRATEGIES)}, got {self.mixing!r}")
+        if self.mixing_temperature <= 0:
+            raise UserInputError(f"data.mixing_temperature must be positive, got {self.mixing_temperature}")
+        if self.source not in ("demo", "hub"):
+            raise UserInputError(f"data.source must be 'demo' or 'hub', got {self.source!r}")
+
+
+def load_tasks(names: Sequence[str], data_files: Mapping[str, Any]) -> tuple[list[TaskSpec], dict[str, dict]]:
+    """The task specs of ``data.tasks`` and their checked ``data.data_files`` (``{task: {split: path}}``)."""
+    if not names:
+        raise UserInputError("data.tasks is empty; name at least one task")
+    specs = [load_task(t) for t in names]
+    seen = [t.name for t in specs]
+    if len(set(seen)) != len(seen):
+        raise UserInputError(f"data.tasks names a task twice: {seen}")
+    unknown = set(data_files) - set(seen)
+    if unknown:
+        raise UserInputError(f"data.data_files names task(s) {sorted(unknown)} that are not in data.tasks")
+    return specs, {t: normalize_data_files(t, spec) for t, spec in data_files.items()}
+
+
+def data_cache_key(
+    tokenizer: Any,
+    tasks: Sequence[TaskSpec],
+    files: Mapping[str, Mapping[str, str]],
+    settings: DataSettings,
+    prompt_format: str | None,
+) -> str:
+    """The cache key of a run's tokenized data: everything that shaped it, data files by fingerprint."""
+    sources = {}
+    for task in tasks:
+        task_files = files.get(task.name) or (demo_files(task) if settings.source == "demo" else None)
+        sources[task.name] = (
+            {s: file_fingerprint(p) for s, p in task_files.items()}
+            if task_files is not None
+            else [task.hub_path, task.hub_name, dict(task.splits)]
+        )
+    return cache_key(
+        {
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "tasks": list(tasks),
+            "sources": sources,
+            "settings": settings,
+            "prompt_format": prompt_format,
+            "layout": 2,
+        }
+    )
+
+
+def describe_counts(stats: Mapping[str, Mapping[str, Any]], max_length: int) -> list[str]:
+    """One log line per task: how many examples went where, and how many did not fit."""
+    return [
+        f"Task {name}: {s['train']} train, {s['validation']} selection ({s['selection_split']}), "
+        f"{s['evaluation_rows']} evaluation rows ({s['evaluation_split']})"
+        + (f"; {s['dropped_too_long']} dropped as longer than max_length={max_length}" if s["dropped_too_long"] else "")
+        for name, s in stats.items()
+    ]
+
+
+@dataclass
+class TaskSplits:
+    """One task's rows, three ways, and the name of the split each came from."""
+
+    train: Any
+    selection: Any
+    evaluation: Any
+    names: dict[str, str]
+
+
+def split_task(task: TaskSpec, files: Mapping[str, str] | None, settings: DataSettings) -> TaskSplits:
+    """The train / selection / evaluation rows of a task (see the module docstring for the rule)."""
+    splits = load_task_splits(task, settings.source, files, ("train", "validation", "test"))
+    train = splits["train"]
+    have_val, have_test = "validation" in splits, "test" in splits
+    carve = 0 if have_val and have_test else 1 if have_val or have_test else 2  # slices to hold out of train
+    carved: list[Any] = []
+    if carve:
+        shuffled = train.shuffle(seed=settings.seed)
+        held = max(1, int(round(len(train) * settings.val_fraction)))
+        if len(train) < carve * held + 1:
+            raise UserInputError(
+                f"task {task.name!r} has {len(train)} training rows, too few to hold out "
+                f"{carve} slice(s) of {held}; give it more rows or a validation split"
+            )
+        carved = [shuffled.select(range(k * held, (k + 1) * held)) for k in range(carve)]
+        train = shuffled.select(range(carve * held, len(train)))
+    carved_name = f"train ({100 * settings.val_fraction:g}% held out)"
+    if have_test:
+        evaluation, eval_name = splits["test"], "test"
+        selection, sel_name = (splits["validation"], "validation") if have_val else (carved[0], carved_name)
+    elif have_val:
+        evaluation, eval_name = splits["validation"], "validation"
+        selection, sel_name = carved[0], carved_name
+    else:
+        selection, sel_name = carved[0], carved_name
+        evaluation, eval_name = carved[1], f"train (another {100 * settings.val_fraction:g}% held out)"
+    return TaskSplits(
+        train,
+        selection.shuffle(seed=settings.seed),
+        evaluation.shuffle(seed=settings.seed),
+        {"selection": sel_name, "evaluation": eval_name},
+    )
+
+
+def encode_task_rows(
+    task: TaskSpec,
+    rows: Any,
+    tokenizer: Any,
+    prompt_format: str,
+    settings: DataSettings,
+    origin: str,
+    index_base: int = 0,
+) -> tuple[Any, int]:
+    """Template-fill and tokenize one task's rows (batched, ``num_proc`` processes).
+
+    Returns the kept examples (input_ids, labels, task, example_id) and how many were dropped as too long.
+    """
+
+    def fill_and_tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        rows_in_batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        try:
+            pairs = [task.format_random(row, settings.seed, index_base + i) for row, i in zip(rows_in_batch, indices)]
+        except TaskError as err:
+            raise TaskError(f"{err} (in {origin})") from None
+        encoded = encode_pairs(
+            tokenizer, [p for p, _ in pairs], [c for _, c in pairs], settings.max_length, prompt_format
+        )
+        return {
+            "input_ids": [e.input_ids if e else [] for e in encoded],
+            "labels": [e.labels if e else [] for e in encoded],
+            "task": [task.name] * len(encoded),
+            "example_id": [f"{task.name}:{index_base + i}" for i in indices],
+        }
+
+    if len(rows) == 0:
+        return rows.select([]), 0
+    mapped = rows.map(
+        fill_and_tokenize,
+        batched=True,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        num_proc=settings.num_proc if settings.num_proc and settings.num_proc > 1 else None,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        desc=f"Tokenizing {task.name}",
+    )
+    kept = mapped.filter(
+        lambda ids: len(ids) > 0, input_columns="input_ids", keep_in_memory=True, load_from_cache_file=False
+    )
+    return kept, len(mapped) - len(kept)
+
+
+def build_tokenized(
+    tasks: Sequence[TaskSpec],
+    files: Mapping[str, Mapping[str, str]],
+    tokenizer: Any,
+    prompt_format: str,
+    settings: DataSettings,
+) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The tokenized ``train`` mix and ``validation`` (selection) set, and per-task counts."""
+    import datasets
+
+    started = time.perf_counter()
+    parts: dict[str, TaskSplits] = {}
+    for task in tasks:
+        parts[task.name] = split_task(task, files.get(task.name), settings)
+        limit = settings.max_val_examples_per_task
+        sel = parts[task.name].selection
+        if limit is not None and len(sel) > limit:
+            parts[task.name].selection = sel.select(range(limit))
+    counts = mixture_counts(
+        {t: len(p.train) for t, p in parts.items()},
+        settings.mixing,
+        settings.max_examples_per_task,
+        settings.mixing_temperature,
+    )
+    train_parts, val_parts, stats = [], [], {}
+    for task in tasks:
+        p, origin = (
+            parts[task.name],
+            ", ".join(files[task.name].values()) if task.name in files else f"{settings.source} data",
+        )
+        picked = p.train.select(take_indices(len(p.train), counts[task.name], settings.seed))
+        train_part, dropped_train = encode_task_rows(task, picked, tokenizer, prompt_format, settings, origin)
+        val_part, dropped_val = encode_task_rows(
+            task, p.selection, tokenizer, prompt_format, settings, origin, SELECTION_INDEX_BASE
+        )
+        train_parts.append(train_part)
+        val_parts.append(val_part)
+        stats[task.name] = {
+            "available": len(p.train),
+            "train": len(train_part),
+            "validation": len(val_part),
+            "dropped_too_long": dropped_train + dropped_val,
+            "train_completion_tokens": sum(sum(label != IGNORE_INDEX for label in row) for row in train_part["labels"]),
+            "selection_split": p.names["selection"],
+            "evaluation_split": p.names["evaluation"],
+            "evaluation_rows": len(p.evaluation),
+        }
+    train = datasets.concatenate_datasets(train_parts)
+    if len(train) == 0:
+        raise UserInputError(f"no training example fits in data.max_length={settings.max_length}; raise it")
+    seconds = time.perf_counter() - started
+    total = sum(len(x) for x in train_parts + val_parts)
+    rank_zero_info(
+        f"Mix ({settings.mixing}): "
+        + ", ".join(f"{t} {n}" for t, n in counts.items())
+        + f"; tokenized {total} examples in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} examples/s)"
+    )
+    return {"train": train, "validation": datasets.concatenate_datasets(val_parts)}, stats
+
+
+def evaluation_examples(
+    tasks: Sequence[TaskSpec], files: Mapping[str, Mapping[str, str]], settings: DataSettings, limit: int | None = None
+) -> dict[str, list[dict]]:
+    """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter)."""
+    out = {}
+    for task in tasks:
+        p = split_task(task, files.get(task.name), settings)
+        shot_rows = (
+            list(p.train.shuffle(seed=settings.seed).select(range(min(len(p.train), 64))))
+            if settings.eval_shots
+            else []
+        )
+        examples = build_eval_examples(
+            task,
+            list(p.evaluation),
+            limit or settings.eval_examples_per_task,
+            settings.seed,
+            settings.eval_shots,
+            shot_rows,
+        )
+        out[task.name] = [
+            {**e, "eval_id": f"{task.name}:{i}", "split": p.names["evaluation"]} for i, e in enumerate(examples)
+        ]
+    return out
