@@ -1,20 +1,37 @@
-"""lora_lightning vs Transformers Trainer + PEFT on one fixed workload, side by side (``make bench``).
+"""lora_lightning vs Transformers Trainer + PEFT on one mixed-length workload of real rows (``make bench``).
 
-Both train the same model with the same LoRA config on the same batches, in the same order, with
-the same batch size, maximum length, precision, learning rate and step count. Each run is its own
-process (so peak memory is its own), runs alternate (ours, theirs, ours, theirs, ...), the first
-``--warmup`` steps are not timed, and the table reports medians over rounds: real (non-padding)
-tokens/s, peak memory, MFU, and the mean loss of the last steps, which must agree: the speed may
-not come from doing less learning.
+The workload: real rows of ``../shared/data`` (bool_q, common_gen, xsum: answers of 2 tokens next to
+summaries of 30-60, prompts of 20 to 380 tokens); without that folder the benchmark says so and stops.
 
-    python tests/benchmarks/bench.py                      # CPU, the embedded SmolLM2-135M
-    python tests/benchmarks/bench.py --device cuda         # make bench-gpu
-    python tests/benchmarks/bench.py --smoke --model DIR   # seconds: checks the harness runs
+This project runs exactly what ``lora-lightning fit --config configs/default.yaml`` runs, through the
+CLI's own entry point, in a fresh process, with these overrides only: the model, those rows as
+``data.data_files``, the step count, an output folder, no validation (it is not timed) and one
+callback added to the default ones (``--trainer.callbacks+=``) that records, per step, the time from
+one batch's start to the next (everything the loop does: data, forward, backward, optimizer,
+logging, every callback), the loss, and the rows of the batch.
+
+The peer is a plain Transformers Trainer + PEFT script: the same base, the same LoRA settings, the
+rows this project trained on in the same batches and order, and its settings read from this
+project's run (batch size, precision, learning rate and schedule, warmup, clipping, seed), with
+``optim="adamw_torch"``. The base is loaded in float32 and trained under ``bf16=True``: the usual recipe.
+
+Each run is its own process (so its peak RSS is its own); runs alternate, this project then the
+peer, for ``--rounds`` rounds; the first ``--warmup`` steps are not timed. Reported: tokens/s
+(real tokens, no padding) min / median / max over the rounds, peak RSS, MFU against a peak measured
+once for the whole benchmark (a dense GEMM in the training dtype on CPU, the datasheet on GPU), and
+both loss curves step by step; the benchmark checks that they agree within ``LOSS_TOLERANCE`` at
+every step of every round and prints PASS or FAIL.
+
+    python benchmarks/bench.py                       # CPU, the embedded SmolLM2-135M (make bench)
+    python benchmarks/bench.py --device cuda         # make bench-gpu
+    python benchmarks/bench.py --variants            # this project's options, each alone
+    python benchmarks/bench.py --smoke --model DIR   # seconds: checks that the harness runs
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -27,352 +44,499 @@ import time
 from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from lightning.pytorch import Callback
+
+REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-TASKS = ["bool_q", "common_gen", "xsum"]
+CONFIG = REPO / "configs" / "default.yaml"
+TASKS = ("bool_q", "common_gen", "xsum")
+
+LOSS_TOLERANCE = 0.05
+"""Largest per-step difference (nats per completion token) allowed between the two loss curves.
+
+Both start from the same model (LoRA B = 0) on the same batch; after that they differ by rounding
+(this project's frozen base is bfloat16, the peer's float32) and by LoRA dropout masks drawn from
+other random streams. A wrong learning rate, schedule, loss normalisation or a missed update moves
+the curve by more than this within a few steps."""
+FIRST_STEP_TOLERANCE = 0.01
+"""The first step (same batch, same model, before any update) may differ by rounding only."""
 
 
-def workload(tokenizer_path: str, n_examples: int, max_length: int, seed: int) -> tuple[list[dict], str]:
-    """The fixed examples, in order: real rows from ../shared/data when present, else the demo mix."""
-    import random
+class BenchClock(Callback):
+    """Added to this project's run: per-step start times, losses and batch rows, written at the end."""
 
-    from lora_lightning.data import FlanDataModule
+    def __init__(self, out: str):
+        self.out = out
+        self.starts: list[float] = []
+        self.losses: list[float] = []
+        self.batches: list[dict] = []
+        self.init_checksum: float | None = None
 
-    files = {t: str(SHARED / f"{t}.jsonl") for t in TASKS if (SHARED / f"{t}.jsonl").is_file()}
-    source = "real rows of ../shared/data" if len(files) == len(TASKS) else "the bundled demo mix"
-    dm = FlanDataModule(
-        tasks=TASKS,
-        data_files=files if len(files) == len(TASKS) else None,
-        cache_dir=None,
-        max_length=max_length,
-        seed=seed,
-        tokenizer=tokenizer_path,
-    )
-    dm.setup("fit")
-    rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in dm.train_set]
-    random.Random(seed).shuffle(rows)
-    return rows[:n_examples], source
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.init_checksum = lora_checksum(pl_module.model)
 
-
-class StepClock:
-    """Per-step wall time (synchronised on GPU) and loss, shared by both runners."""
-
-    def __init__(self, device: str):
-        self.device, self.starts, self.seconds, self.losses = device, [], [], []
-
-    def start(self) -> None:
-        self._sync()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        sync(pl_module.device.type)
         self.starts.append(time.perf_counter())
+        self.batches.append(batch)  # kept as they are (no copy in the timed loop), read at the end
 
-    def stop(self, loss: float | None = None) -> None:
-        self._sync()
-        self.seconds.append(time.perf_counter() - self.starts[-1])
-        if loss is not None:
-            self.losses.append(loss)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
 
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            import torch
+    def on_train_end(self, trainer, pl_module) -> None:
+        from lora_lightning.model.flops import batch_flops
 
-            torch.cuda.synchronize()
-
-
-def run_ours(args, model_path: str, examples: list[dict], clock: StepClock) -> None:
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    from lora_lightning.data.tokenization import CausalLMCollator
-    from lora_lightning.model import LoRAModule
-
-    class Clock(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            clock.start()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            clock.stop(float(outputs["loss"]))
-
-    module = LoRAModule(
-        model_name=model_path,
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.1,
-        learning_rate=args.lr,
-        warmup_ratio=0.0,
-        lr_schedule="linear",
-        gradient_checkpointing=args.gradient_checkpointing,
-        compile=args.compile,
-        completion_only_head=not args.full_head,
-    )
-    collate = CausalLMCollator(pad_token_id=args.pad_id)
-    loader = DataLoader(examples, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
-    L.seed_everything(args.seed, verbose=False)
-    trainer = L.Trainer(
-        accelerator=args.device,
-        devices=1,
-        precision=args.precision,
-        max_steps=args.warmup + args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[Clock()],
-        gradient_clip_val=1.0,
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    args.flops_model = module.model
+        sync(pl_module.device.type)
+        self.batches = [{k: v.cpu() for k, v in b.items() if hasattr(v, "cpu")} for b in self.batches]
+        hp = pl_module.hparams
+        peft_config = pl_module.model.peft_config["default"]
+        record = {
+            "starts": self.starts,
+            "losses": self.losses,
+            "rows": [rows_of(b) for b in self.batches],
+            "tokens": [float(b["attention_mask"].sum()) for b in self.batches],
+            "padded_tokens": [b["input_ids"].numel() for b in self.batches],
+            "packed": any("segments" in b for b in self.batches),
+            "flops": [batch_flops(pl_module.model, b, hp.completion_only_head) for b in self.batches],
+            "init_checksum": self.init_checksum,
+            "base_path": pl_module.base_model_path,
+            "pad_token_id": pl_module.tokenizer.pad_token_id,
+            "precision": str(trainer.precision),
+            "max_steps": trainer.max_steps,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            "lr": hp.learning_rate,
+            "weight_decay": hp.weight_decay,
+            "warmup_steps": int(round(hp.warmup_ratio * trainer.estimated_stepping_batches)),
+            "lr_schedule": hp.lr_schedule,
+            "lora": {
+                "r": peft_config.r,
+                "lora_alpha": peft_config.lora_alpha,
+                "lora_dropout": peft_config.lora_dropout,
+                "target_modules": sorted(peft_config.target_modules),
+                "fan_in_fan_out": peft_config.fan_in_fan_out,
+            },
+            "base_dtype": str(next(p.dtype for p in pl_module.model.parameters() if not p.requires_grad)),
+        }
+        Path(self.out).write_text(json.dumps(record))
 
 
-def run_transformers(args, model_path: str, examples: list[dict], clock: StepClock) -> None:
+def sync(device_type: str) -> None:
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def rows_of(batch: dict) -> list[dict]:
+    """The examples of a batch, unpadded, in the batch's order (a packed batch unpacked by its ``segments``)."""
+    if "segments" in batch:
+        segments = batch["segments"]
+        return [
+            {"input_ids": batch["input_ids"][segments == i].tolist(), "labels": batch["labels"][segments == i].tolist()}
+            for i in range(int(segments.max()) + 1)
+        ]
+    mask = batch["attention_mask"].bool()
+    return [
+        {"input_ids": ids[m].tolist(), "labels": labels[m].tolist()}
+        for ids, labels, m in zip(batch["input_ids"], batch["labels"], mask)
+    ]
+
+
+def lora_checksum(model) -> float:
+    """Sum of |LoRA weights| at the start: equal on both sides means the same initial adapter."""
+    return float(sum(p.detach().double().abs().sum() for n, p in model.named_parameters() if "lora_" in n))
+
+
+# -- workers (one per process) -------------------------------------------------------------------
+
+
+def data_files(data_dir: Path) -> dict[str, str] | None:
+    files = {t: str(data_dir / f"{t}.jsonl") for t in TASKS}
+    return files if all(Path(f).is_file() for f in files.values()) else None
+
+
+def run_ours(args) -> dict:
+    """``lora-lightning fit`` with the default config, through the CLI's entry point, in this process."""
+    from lora_lightning.cli import main as cli_main
+
+    if args.old_head:  # the head through autograd, every chunk's logits kept for backward (the previous path)
+        from lora_lightning.model import fused_head, loss
+
+        loss.chunked_token_losses = fused_head.plain_chunked_losses
+    clock = Path(args.out).with_suffix(".clock.json")
+    argv = [
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--model.model_name",
+        args.model,
+        "--data.data_files",
+        json.dumps(data_files(Path(args.data_dir))),
+        "--data.cache_dir",
+        str(Path(args.work) / "data_cache"),
+        "--trainer.default_root_dir",
+        str(Path(args.out).with_suffix("")),
+        "--trainer.accelerator",
+        args.device,
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.max_steps",
+        str(args.warmup + args.steps + 1),  # the last step only closes the last timed one
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=" + json.dumps({"class_path": "bench.BenchClock", "init_args": {"out": str(clock)}}),
+        *(["--data.batch_size", str(args.batch_size)] if args.batch_size else []),
+        *(["--data.max_length", str(args.max_length)] if args.max_length else []),
+        *json.loads(args.overrides),
+    ]
+    cli_main(argv)
+    return json.loads(clock.read_text())
+
+
+def run_theirs(args) -> dict:
+    """Transformers Trainer + PEFT on the batches this project trained on, with its settings."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from torch.utils.data import SequentialSampler
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
 
-    from lora_lightning.data.tokenization import CausalLMCollator
-    from lora_lightning.model.lora import resolve_target_modules
+    spec = json.loads(Path(args.spec).read_text())
+    starts: list[float] = []
+    losses: list[float] = []
 
     class Ordered(Trainer):
-        def _get_train_sampler(self, *unused, **unused_kw):
-            return SequentialSampler(self.train_dataset)  # the same batches, in the same order, as ours
+        def _get_train_sampler(self, train_dataset=None):
+            return SequentialSampler(self.train_dataset)  # the rows in the order they were batched
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            clock.start()
+        def on_train_begin(self, a, state, control, model=None, **kw):
+            self.checksum = lora_checksum(model)
 
-        def on_step_end(self, a, state, control, **kw):
-            clock.stop()
+        def on_step_begin(self, a, state, control, **kw):
+            sync(args.device)
+            starts.append(time.perf_counter())
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
-                clock.losses.append(float(logs["loss"]))
+                losses.append(float(logs["loss"]))
 
-    torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    targets = resolve_target_modules(model.config.model_type, "auto")  # q_proj,v_proj for SmolLM2
-    model = get_peft_model(
-        model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.1, target_modules=targets)
-    )
+    tokenizer = AutoTokenizer.from_pretrained(spec["base_path"])
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(spec["pad_token_id"])
+    tokenizer.padding_side = "right"
+    set_seed(spec["seed"])  # as seed_everything before the model is built: the same LoRA initialisation
+    model = AutoModelForCausalLM.from_pretrained(spec["base_path"], dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, bias="none", **spec["lora"]))
+    batch_size = len(spec["rows"][0])
+    rows = [row for batch in spec["rows"] for row in batch]
+    assert all(len(b) == batch_size for b in spec["rows"][: spec["max_steps"]]), "batches of unequal size"
+    clock = Clock()
     with tempfile.TemporaryDirectory() as out:
         training = TrainingArguments(
             output_dir=out,
-            per_device_train_batch_size=args.batch_size,
-            max_steps=args.warmup + args.steps,
-            learning_rate=args.lr,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            bf16=args.precision.startswith("bf16"),
+            optim="adamw_torch",
+            per_device_train_batch_size=batch_size,
+            max_steps=spec["max_steps"],
+            learning_rate=spec["lr"],
+            lr_scheduler_type=spec["lr_schedule"],
+            warmup_steps=spec["warmup_steps"],
+            weight_decay=spec["weight_decay"],
+            max_grad_norm=spec["gradient_clip_val"] or 0.0,
+            bf16=spec["precision"].startswith("bf16"),
+            fp16=spec["precision"].startswith("16"),
             use_cpu=args.device == "cpu",
             logging_steps=1,
-            report_to=[],
+            report_to="none",
             save_strategy="no",
             remove_unused_columns=False,
-            seed=args.seed,
+            seed=spec["seed"],
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
-        Ordered(
-            model=model,
-            args=training,
-            train_dataset=examples,
-            data_collator=CausalLMCollator(args.pad_id),
-            callbacks=[Clock()],
-        ).train()
-    args.flops_model = model
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        Ordered(model=model, args=training, train_dataset=rows, data_collator=collator, callbacks=[clock]).train()
+    from lora_lightning.model.flops import batch_flops
+
+    batches = [collator(b) for b in spec["rows"]]
+    return {
+        "starts": starts,
+        "losses": losses,
+        "tokens": [float(b["attention_mask"].sum()) for b in batches],
+        "flops": [batch_flops(model, b, completion_only_head=False) for b in batches],
+        "init_checksum": clock.checksum,
+        "base_dtype": "torch.float32",
+    }
 
 
 def worker(args) -> None:
-    """One timed run in this process; writes its measurements as JSON."""
+    record = run_ours(args) if args.worker == "ours" else run_theirs(args)
     import torch
 
-    from lora_lightning.data.tokenization import CausalLMCollator
-    from lora_lightning.loading import load_tokenizer, resolve_model_path
-    from lora_lightning.model.flops import batch_flops, peak_flops
+    first, last = args.warmup, args.warmup + args.steps
+    record["seconds"] = record["starts"][last] - record["starts"][first]
+    record["timed_tokens"] = sum(record["tokens"][first:last])
+    record["timed_flops"] = sum(record["flops"][first:last])
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
+    Path(args.out).write_text(json.dumps(record))
 
-    model_path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(model_path)
-    args.pad_id = tokenizer.pad_token_id
-    n = args.batch_size * (args.warmup + args.steps)
-    examples, source = workload(model_path, n, args.max_length, args.seed)
-    clock = StepClock(args.device)
-    {"ours": run_ours, "transformers": run_transformers}[args.worker](args, model_path, examples, clock)
-    collate = CausalLMCollator(args.pad_id)
-    batches = [collate(examples[i : i + args.batch_size]) for i in range(0, n, args.batch_size)][args.warmup :]
-    timed = clock.seconds[args.warmup : args.warmup + args.steps]
-    tokens = sum(float(b["attention_mask"].sum()) for b in batches)
-    flops = sum(
-        batch_flops(args.flops_model, b, completion_only_head=args.worker == "ours" and not args.full_head)
-        for b in batches
+
+# -- the parent: rounds, the peak, the tables ------------------------------------------------------
+
+
+def run_worker(args, system: str, out: Path, spec: Path | None = None, flags: list[str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), "--work", str(out.parent)]
+    cmd += ["--model", args.model, "--device", args.device, "--data-dir", str(args.data_dir)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    cmd += ["--max-length", str(args.max_length)] if args.max_length else []
+    cmd += ["--spec", str(spec)] if spec else []
+    cmd += [f"--overrides={json.dumps([f for f in flags or [] if f != '--old-head'])}"]
+    cmd += ["--old-head"] if "--old-head" in (flags or []) else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{system} {' '.join(flags or [])} run failed:\n{done.stderr[-4000:]}")
+    result = json.loads(out.read_text())
+    result["tokens_per_s"] = result["timed_tokens"] / result["seconds"]
+    return result
+
+
+class Peaks:
+    """The device's peak FLOP/s per dtype, measured once for the whole benchmark (not per process)."""
+
+    def __init__(self, device: str, smoke: bool = False):
+        self.device, self.smoke, self.cache = device, smoke, {}
+
+    def __call__(self, precision: str) -> float | None:
+        import torch
+
+        from lora_lightning.model.flops import measured_peak_flops, peak_flops
+
+        dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
+        if dtype not in self.cache:
+            if self.device == "cpu":
+                tries = [(1024, 0.2)] if self.smoke else [(2048, 2.0)] * 3
+                self.cache[dtype] = max(measured_peak_flops(dtype, size, seconds) for size, seconds in tries)
+            else:
+                self.cache[dtype] = peak_flops(torch.device(self.device), dtype)
+        return self.cache[dtype]
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def describe_workload(record: dict, args) -> str:
+    timed = slice(args.warmup, args.warmup + args.steps)
+    rows = [r for b in record["rows"][timed] for r in b]
+    lengths = sorted(len(r["input_ids"]) for r in rows)
+    completion = sum(sum(1 for t in r["labels"][1:] if t != -100) for r in rows)
+    unpacked = sum(len(b) * max(len(r["input_ids"]) for r in b) for b in record["rows"][timed])
+    padded = sum(record["padded_tokens"][timed])
+    return (
+        f"{len(rows)} timed examples of {', '.join(TASKS)} from {args.data_dir}: length min {lengths[0]}, median "
+        f"{lengths[len(lengths) // 2]}, max {lengths[-1]} tokens; {completion} completion tokens "
+        f"({100 * completion / sum(lengths):.0f}% of {sum(lengths)} real tokens); padding: "
+        f"{100 * (1 - sum(lengths) / unpacked):.0f}% of batches padded to their longest example (the peer), "
+        f"{100 * (1 - sum(lengths) / padded):.0f}% of this project's batches "
+        f"({'packed' if record['packed'] else 'not packed'})"
     )
-    dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
-    peak = peak_flops(torch.device(args.device), dtype)
-    result = {
-        "system": args.worker,
-        "source": source,
-        "steps": len(timed),
-        "seconds": sum(timed),
-        "tokens_per_s": tokens / sum(timed),
-        "mfu": flops / sum(timed) / peak if peak else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
-        "losses": clock.losses[: args.warmup + args.steps],
-        "tokens": tokens,
-    }
-    Path(args.out).write_text(json.dumps(result))
+
+
+def curve_gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def compare(args) -> str:
+    results: dict[str, list[dict]] = {"ours": [], "theirs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for system in ("ours", "theirs"):  # alternate, so drift hits both alike
+                out = Path(tmp) / f"{system}-{round_}.json"
+                spec = Path(tmp) / f"ours-{round_}.json" if system == "theirs" else None
+                results[system].append(run_worker(args, system, out, spec))
+                print(f"round {round_ + 1} {system}: {results[system][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+    peaks = Peaks(args.device, args.smoke)
+    ours0 = results["ours"][0]
+    precision = ours0["precision"]
+    peak = peaks(precision)
+    same_batches = all(r["rows"] == ours0["rows"] for r in results["ours"])
+    gaps = [curve_gap(o["losses"], t["losses"]) for o, t in zip(results["ours"], results["theirs"])]
+    first_gap = max(abs(o["losses"][0] - t["losses"][0]) for o, t in zip(results["ours"], results["theirs"]))
+    complete = all(len(r["losses"]) == ours0["max_steps"] for rs in results.values() for r in rs)
+    checksums = [r["init_checksum"] for rs in results.values() for r in rs]
+    same_init = max(checksums) - min(checksums) <= 1e-4 * max(checksums)  # LoRA A drawn in float32, rounded to bf16
+    passed = (
+        complete and same_batches and same_init and first_gap <= FIRST_STEP_TOLERANCE and max(gaps) <= LOSS_TOLERANCE
+    )
+    gpu = args.device == "cuda"
+    lora = ours0["lora"]
+    lines = [
+        f"Benchmark {date.today()} on {platform.machine()} ({os.cpu_count()} CPU cores"
+        + (f", {__import__('torch').cuda.get_device_name()}" if gpu else "")
+        + f"), device {args.device}",
+        f"workload: {args.model}, `lora-lightning fit --config configs/default.yaml` (default callbacks) vs "
+        f"Transformers Trainer + PEFT (optim adamw_torch, float32 base); LoRA r={lora['r']} alpha={lora['lora_alpha']} "
+        f"dropout={lora['lora_dropout']} on {','.join(lora['target_modules'])}; batch {len(ours0['rows'][0])}, "
+        f"{precision}, lr {ours0['lr']} {ours0['lr_schedule']} with {ours0['warmup_steps']} warmup step(s) over "
+        f"{ours0['max_steps']}, clip {ours0['gradient_clip_val']}; this project's frozen base {ours0['base_dtype']}",
+        describe_workload(ours0, args),
+        f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} alternating rounds; MFU against "
+        + (f"{peak / 1e12:.2f} TFLOP/s " if peak else "no known peak ")
+        + ("(a dense GEMM measured once for this benchmark)" if args.device == "cpu" else "(datasheet)"),
+        "",
+        "| system | tokens/s min / median / max | peak RSS (MB) | "
+        + ("peak GPU (MB) | " if gpu else "")
+        + "MFU (median) | loss, first / last timed step |",
+        "| --- | --- | --- | " + ("--- | " if gpu else "") + "--- | --- |",
+    ]
+    for system, name in (("ours", "lora_lightning"), ("theirs", "Transformers Trainer + PEFT")):
+        rs = results[system]
+        mfu = statistics.median(r["timed_flops"] / r["seconds"] / peak for r in rs) if peak else None
+        losses = rs[0]["losses"][args.warmup : args.warmup + args.steps]
+        lines.append(
+            f"| {name} | {spread([r['tokens_per_s'] for r in rs])} | "
+            f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | "
+            + (f"{statistics.median(r['peak_gpu_mb'] for r in rs):.0f} | " if gpu else "")
+            + f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {losses[0]:.4f} / {losses[-1]:.4f} |"
+        )
+    ratio = statistics.median(r["tokens_per_s"] for r in results["ours"]) / statistics.median(
+        r["tokens_per_s"] for r in results["theirs"]
+    )
+    lines += [
+        "",
+        f"speed ratio (median tokens/s, lora_lightning / Trainer + PEFT): **{ratio:.2f}x**",
+        "",
+        "Loss per step, round 1 (nats per completion token; steps before the line are warm-up):",
+        "",
+        "| step | lora_lightning | Trainer + PEFT | difference |",
+        "| --- | --- | --- | --- |",
+    ]
+    for step, (a, b) in enumerate(zip(results["ours"][0]["losses"], results["theirs"][0]["losses"]), 1):
+        mark = " (warm-up)" if step <= args.warmup else (" (untimed, last)" if step > args.warmup + args.steps else "")
+        lines.append(f"| {step}{mark} | {a:.4f} | {b:.4f} | {a - b:+.4f} |")
+    lines += [
+        "",
+        f"same batches in every round: {'yes' if same_batches else 'NO'}; same initial adapter on both sides: "
+        f"{'yes (up to the rounding of LoRA A to the base dtype by peft)' if same_init else 'NO'}",
+        f"loss check: first step {first_gap:.4f} (tolerance {FIRST_STEP_TOLERANCE}), largest per-step difference "
+        f"per round {', '.join(f'{g:.4f}' for g in gaps)} (tolerance {LOSS_TOLERANCE}): "
+        f"**{'PASS' if passed else 'FAIL'}**",
+    ]
+    text = "\n".join(lines) + "\n"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    return text
+
+
+def variant_options(smoke: bool) -> list[tuple[str, list[str]]]:
+    """Each option alone against the default; packing when this version has ``data.packing``."""
+    from lora_lightning.data import FlanDataModule
+
+    rows = [
+        ("default: bf16-mixed, bf16 base, bounded completion-only head", []),
+        ("fp32 (32-true, so a float32 base)", ["--trainer.precision", "32-true"]),
+        ("float32 base under bf16-mixed", ["--model.base_dtype", "float32"]),
+        ("old head (every chunk's logits kept for backward)", ["--old-head"]),
+        ("full-logits head", ["--model.completion_only_head", "false"]),
+        ("gradient checkpointing", ["--model.gradient_checkpointing", "true"]),
+    ]
+    packing = inspect.signature(FlanDataModule.__init__).parameters.get("packing")
+    if packing is not None:
+        flip = "false" if packing.default else "true"
+        rows.append((f"packing {'off' if packing.default else 'on'}", ["--data.packing", flip]))
+    if not smoke:
+        rows.append(("torch.compile", ["--model.compile", "true"]))
+    return rows
+
+
+def variants(args) -> str:
+    """This project's options, one at a time against the default, alternating over ``--rounds`` rounds."""
+    options = variant_options(args.smoke)
+    results: dict[str, list[dict]] = {name: [] for name, _ in options}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for i, (name, flags) in enumerate(options):
+                out = Path(tmp) / f"v{i}-{round_}.json"
+                results[name].append(run_worker(args, "ours", out, flags=flags))
+                print(f"round {round_ + 1} {name}: {results[name][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+    peaks = Peaks(args.device, args.smoke)
+    default = results[options[0][0]][0]
+    lines = [
+        f"Options of lora_lightning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), device "
+        f"{args.device}; the workload of the comparison ({args.model}), {args.steps} timed steps after "
+        f"{args.warmup} warm-up, {args.rounds} rounds alternating over the options; MFU against a peak measured once "
+        "per dtype",
+        describe_workload(default, args),
+        "",
+        "| option | tokens/s min / median / max | peak RSS (MB) | MFU (median) | mean loss, timed steps | "
+        "largest per-step loss difference from the default |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, _ in options:
+        rs = results[name]
+        peak = peaks(rs[0]["precision"])
+        mfu = statistics.median(r["timed_flops"] / r["seconds"] / peak for r in rs) if peak else None
+        timed = rs[0]["losses"][args.warmup : args.warmup + args.steps]
+        gap = (
+            f"{curve_gap(rs[0]['losses'], default['losses']):.4f}"
+            if rs[0]["rows"] == default["rows"]
+            else "other batches"
+        )
+        lines.append(
+            f"| {name} | {spread([r['tokens_per_s'] for r in rs])} | "
+            f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | "
+            f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {statistics.mean(timed):.4f} | {gap} |"
+        )
+    if not any(name.startswith("packing") for name, _ in options):
+        lines.append("\n(no packing row: this version has no data.packing)")
+    text = "\n".join(lines) + "\n"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).with_name("variants.md").write_text(text)
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="bf16-mixed")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="1 step, 1 round: check that the harness runs")
+    parser.add_argument("--data-dir", default=str(SHARED), help="folder with bool_q/common_gen/xsum .jsonl rows")
+    parser.add_argument("--batch-size", type=int, help="default: the config's data.batch_size")
+    parser.add_argument("--max-length", type=int, help="default: the config's data.max_length")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="1 warm-up + 1 timed step, 1 round: the harness runs")
     parser.add_argument("--output", default=str(REPO / "checkpoints" / "bench" / "bench.md"))
-    parser.add_argument(
-        "--variants",
-        action="store_true",
-        help="measure this project's options instead: fp32, full-logits head, gradient checkpointing, compile",
-    )
-    parser.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--full-head", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--variants", action="store_true", help="this project's options, each alone")
+    parser.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--old-head", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if data_files(Path(args.data_dir)) is None:
+        print(f"bench: skipped: the real rows ({', '.join(f'{t}.jsonl' for t in TASKS)}) are not in {args.data_dir}")
+        return
     if args.smoke:
         args.steps, args.warmup, args.rounds = 1, 1, 1
-    if args.variants:
-        return print(variants(args))
-    results: dict[str, list[dict]] = {"ours": [], "transformers": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for system in ("ours", "transformers"):  # alternate, so drift hits both alike
-                out = Path(tmp) / f"{system}-{round_}.json"
-                results[system].append(run_worker(args, system, out))
-                print(f"round {round_ + 1} {system}: {results[system][-1]['tokens_per_s']:.0f} tokens/s", flush=True)
-    print(report(args, results))
-
-
-def run_worker(args, system: str, out: Path, *flags: str, precision: str | None = None) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        system,
-        "--out",
-        str(out),
-        "--model",
-        args.model,
-        "--device",
-        args.device,
-        "--precision",
-        precision or args.precision,
-        "--batch-size",
-        str(args.batch_size),
-        "--max-length",
-        str(args.max_length),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--lr",
-        str(args.lr),
-        "--seed",
-        str(args.seed),
-        *flags,
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{system} {' '.join(flags)} run failed:\n{done.stderr[-4000:]}")
-    return json.loads(out.read_text())
-
-
-def variants(args) -> str:
-    """This project's speed and memory options, one at a time against the default (bf16, head on completions)."""
-    rows = [
-        ("default: bf16-mixed, completion-only head", (), None),
-        ("fp32 (32-true)", (), "32-true"),
-        ("full-logits head", ("--full-head",), None),
-        ("gradient checkpointing", ("--gradient-checkpointing",), None),
-        ("torch.compile", ("--compile",), None),
-    ]
-    if args.smoke:
-        rows = rows[:-1]  # compiling takes minutes: not for a smoke run
-    lines = [
-        f"Options of lora_lightning, {date.today()}, {platform.machine()} ({os.cpu_count()} CPU cores), "
-        f"device {args.device}; same workload as the comparison, {args.steps} timed steps after {args.warmup} "
-        "warm-up",
-        "",
-        "| option | tokens/s | peak RSS (MB) | MFU | loss (last steps) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, flags, precision) in enumerate(rows):
-            r = run_worker(args, "ours", Path(tmp) / f"v{i}.json", *flags, precision=precision)
-            tail = statistics.mean(r["losses"][-3:])
-            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {mfu} | {tail:.4f} |")
-            print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    Path(args.output).with_name("variants.md").write_text(text)
-    return text
-
-
-def report(args, results: dict[str, list[dict]]) -> str:
-    def med(system: str, key: str) -> float | None:
-        values = [r[key] for r in results[system] if r[key] is not None]
-        return statistics.median(values) if values else None
-
-    def last_loss(system: str) -> float:
-        tail = max(1, min(3, args.steps))
-        return statistics.median(statistics.mean(r["losses"][-tail:]) for r in results[system])
-
-    first = results["ours"][0]
-    ratio = med("ours", "tokens_per_s") / med("transformers", "tokens_per_s")
-    step_gap = max(abs(a - b) for a, b in zip(results["ours"][0]["losses"], results["transformers"][0]["losses"]))
-    lines = [
-        f"Benchmark {date.today()} on {platform.machine()} ({os.cpu_count()} CPU cores"
-        + (f", {__import__('torch').cuda.get_device_name()}" if args.device == "cuda" else "")
-        + f"), device {args.device}",
-        f"workload: {args.model}, LoRA r=16 alpha=32 dropout=0.1 on q_proj,v_proj, {first['source']} "
-        f"(bool_q, common_gen, xsum), batch {args.batch_size}, max length {args.max_length}, {args.precision}, "
-        f"{args.steps} timed steps after {args.warmup} warm-up, median of {args.rounds} alternating rounds",
-        "",
-        "| system | tokens/s | peak RSS (MB) | "
-        + ("peak GPU (MB) | " if args.device == "cuda" else "")
-        + "MFU | loss (last steps) |",
-        "| --- | --- | --- | " + ("--- | " if args.device == "cuda" else "") + "--- | --- |",
-    ]
-    for system, name in (("ours", "lora_lightning"), ("transformers", "Transformers Trainer + PEFT")):
-        mfu = med(system, "mfu")
-        gpu = f"{med(system, 'peak_gpu_mb'):.0f} | " if args.device == "cuda" else ""
-        lines.append(
-            f"| {name} | {med(system, 'tokens_per_s'):.0f} | {med(system, 'peak_rss_mb'):.0f} | {gpu}"
-            f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {last_loss(system):.4f} |"
-        )
-    first_ours, first_theirs = results["ours"][0]["losses"][0], results["transformers"][0]["losses"][0]
-    lines += [
-        "",
-        f"speed ratio (tokens/s, lora_lightning / Trainer + PEFT): **{ratio:.2f}x**",
-        f"first-step loss (same batch, before any update): {first_ours:.4f} vs {first_theirs:.4f}; "
-        f"largest per-step loss difference on the same batches: {step_gap:.4f}",
-    ]
-    text = "\n".join(lines) + "\n"
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    return text
+    print(variants(args) if args.variants else compare(args))
 
 
 if __name__ == "__main__":

@@ -126,10 +126,13 @@ def wait_for_steps(root, proc, steps, timeout=240):
     raise AssertionError("fit did not reach the step in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_path, sig):
+@pytest.mark.parametrize(
+    ("sig", "packing"), [(signal.SIGKILL, "false"), (signal.SIGTERM, "false"), (signal.SIGKILL, "true")]
+)
+def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_path, sig, packing):
     every = 2
     extra = ("--data.batch_size", "2", "--trainer.max_epochs", "2", "--last_checkpoint.every_n_train_steps", str(every))
+    extra += ("--data.packing", packing)
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
     done = run_cli(*args_for(tiny_models["llama"], reference, *extra))
     assert done.returncode == 0, done.stderr[-3000:]

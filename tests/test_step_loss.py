@@ -67,8 +67,9 @@ def test_accumulation_gives_the_gradient_of_the_whole_batch(tiny_models, tmp_pat
     loader = data.train_dataloader()
     batch = next(iter(loader))
     model = module.model.get_base_model()
+    assert "position_ids" in batch  # packed (data.packing is on by default): transformers' own loss on packed rows
     with torch.no_grad(), module.model.disable_adapter():
-        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        own = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss
     assert module.step_loss.history["train_loss"][0][1] == pytest.approx(float(own), abs=1e-5)
     assert {len(x) for x in data.train_set["labels"]} != 1  # the rows really differ in length
     for batch_size, accumulate in ((4, 2), (2, 4)):

@@ -47,7 +47,8 @@ class ThroughputLogger(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.seconds += time.perf_counter() - self._start
         self.tokens += float(batch["attention_mask"].sum())
-        self.samples += batch["input_ids"].shape[0]
+        examples = batch.get("example_id")  # one per example: a packed batch has fewer rows than examples
+        self.samples += len(examples) if examples is not None else batch["input_ids"].shape[0]
         self.flops += batch_flops(pl_module.model, batch, pl_module.hparams.get("completion_only_head", True))
         self.batches += 1
         if self.batches >= self.window:

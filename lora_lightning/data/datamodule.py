@@ -26,7 +26,7 @@ from lora_lightning.data.pipeline import (
 )
 from lora_lightning.data.sampling import ResumableLoader, ResumableSampler
 from lora_lightning.data.sources import collate_prompt_rows, read_prompt_rows
-from lora_lightning.data.tokenization import CausalLMCollator
+from lora_lightning.data.tokenization import CausalLMCollator, PackingCollator
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, tokenizer_source
 from lora_lightning.prompts import resolve_prompt_format
@@ -56,6 +56,8 @@ class FlanDataModule(LightningDataModule):
         batch_size: Examples per batch and device (global batch = devices x batch_size x accumulate_grad_batches).
         group_by_length: Batch examples of similar length together (less padding, faster); batches
             stay in a seeded random order.
+        packing: Pack each batch's examples into as few rows of ``max_length`` as fit (training and
+            validation loss: same examples per step, same loss, less padding); each attends only to itself.
         num_workers: DataLoader worker processes.
         num_proc: Processes for tokenization (None: one).
         seed: Seed for row selection, template choice and the held-out slices.
@@ -83,6 +85,7 @@ class FlanDataModule(LightningDataModule):
         max_length: int = 512,
         batch_size: int = 8,
         group_by_length: bool = False,
+        packing: bool = True,
         num_workers: int = 0,
         num_proc: int | None = None,
         seed: int = 42,
@@ -163,7 +166,8 @@ class FlanDataModule(LightningDataModule):
     # -- dataloaders -----------------------------------------------------------------------
 
     def collator(self) -> CausalLMCollator:
-        return CausalLMCollator(self.tokenizer.pad_token_id)
+        pad, hp = self.tokenizer.pad_token_id, self.hparams
+        return PackingCollator(pad, hp.max_length) if hp.packing else CausalLMCollator(pad)
 
     def train_dataloader(self) -> DataLoader:
         """Batches in an order fixed by (seed, epoch, rank); Lightning checkpoints the position."""

@@ -1,4 +1,5 @@
-"""Prompt/completion pairs to token ids and labels, and batches of them to padded tensors.
+"""Prompt/completion pairs to token ids and labels, and batches of them to padded tensors (one row
+per example, or packed: several examples per row, each attending only to itself).
 
 The loss is on the completion only: prompt positions get label -100. The completion is followed by
 EOS, and EOS is labelled too, so the model learns to stop. That holds when the pad token *is* EOS
@@ -112,6 +113,73 @@ class CausalLMCollator:
             labels[row, :n] = torch.as_tensor(ex["labels"])
             attention_mask[row, :n] = 1
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for key in ("example_id", "task"):
+            if key in batch[0]:
+                out[key] = [ex[key] for ex in batch]
+        return out
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` placed into as few rows of at most ``capacity`` as first-fit decreasing
+    finds: longest first (ties in input order), each into the first row with room."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+class PackingCollator(CausalLMCollator):
+    """Packs a batch's examples, first-fit decreasing, into as few rows of at most ``max_length`` tokens
+    as it can, each row padded to the longest.
+
+    The batch holds exactly the examples it was given (an optimizer step trains on the same examples
+    packed or not). Besides ``input_ids``, ``labels`` and ``attention_mask`` (1 on real tokens; for
+    counting only: the model gets ``position_ids`` instead), it returns ``position_ids`` restarting at
+    0 for every example (the padding of a row continues as a segment of its own), which is what makes
+    transformers confine each example's attention to itself, and ``segments``: the batch index of the
+    example each token belongs to (-1 on padding). An example's first token is never a target (as
+    unpacked, where nothing precedes it), so no loss crosses from one example into the next. ``task``
+    and ``example_id`` stay one entry per example, in the batch's order.
+    """
+
+    def __init__(self, pad_token_id: int, max_length: int):
+        super().__init__(pad_token_id)
+        self.max_length = max_length
+
+    def __call__(self, batch: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        lengths = [len(ex["input_ids"]) for ex in batch]
+        rows = first_fit_decreasing(lengths, max(self.max_length, max(lengths)))
+        longest = max(sum(lengths[i] for i in row) for row in rows)
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        segments = torch.full((len(rows), longest), -1, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for i in row:
+                end = start + lengths[i]
+                input_ids[r, start:end] = torch.as_tensor(batch[i]["input_ids"])
+                labels[r, start + 1 : end] = torch.as_tensor(batch[i]["labels"][1:])
+                attention_mask[r, start:end] = 1
+                segments[r, start:end] = i
+                position_ids[r, start:end] = torch.arange(lengths[i])
+                start = end
+            position_ids[r, start:] = torch.arange(longest - start)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "position_ids": position_ids,
+            "segments": segments,
+        }
         for key in ("example_id", "task"):
             if key in batch[0]:
                 out[key] = [ex[key] for ex in batch]

@@ -1,7 +1,13 @@
 """The model a LoRAModule trains: the base loaded, then LoRA added (or a trained adapter attached).
 
 One function, so that the module's ``configure_model`` reads as what happens and the switches that
-change the model (gradient checkpointing, ``torch.compile``) sit next to where the model is made.
+change the model (base dtype, gradient checkpointing, ``torch.compile``) sit next to where the model
+is made.
+
+With LoRA the frozen base is loaded in half precision when the Trainer computes in it
+(``base_dtype: auto``: bfloat16 under ``bf16-mixed``/``bf16-true``, float16 under ``16-mixed``), so
+its weights take half the memory; what trains (the adapter, and any bias ``lora_bias`` opens) stays
+float32, and so do its gradients, the optimizer state and the exported adapter.
 """
 
 from __future__ import annotations
@@ -9,22 +15,63 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lora_lightning.errors import UserInputError
 from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
 from lora_lightning.model.adapters import adapter_base, attach_adapter
 from lora_lightning.model.lora import apply_lora
 from lora_lightning.model.loss import unwrap_causal_lm
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_bias", "target_modules", "use_rslora", "use_dora")
+BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def build_model(hp: Mapping[str, Any]) -> tuple[Any, Any, str]:
-    """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters."""
+def resolve_base_dtype(base_dtype: str, lora: bool, precision: str | None) -> str:
+    """The dtype the base is loaded in: ``base_dtype``, or for ``auto`` the Trainer's half precision
+    (bfloat16 for ``bf16-*``, float16 for ``16-*``) when a LoRA adapter trains on a frozen base, else float32."""
+    if base_dtype not in BASE_DTYPES:
+        raise UserInputError(f"model.base_dtype must be one of {', '.join(BASE_DTYPES)}; got {base_dtype!r}")
+    if base_dtype != "auto":
+        if base_dtype != "float32" and not lora:
+            raise UserInputError(
+                f"model.base_dtype {base_dtype} needs LoRA: full fine-tuning trains every base weight, and "
+                "those stay float32 (use trainer.precision bf16-true for pure half-precision training)"
+            )
+        return base_dtype
+    if lora and str(precision).startswith("bf16"):
+        return "bfloat16"
+    if lora and str(precision).startswith("16"):
+        return "float16"
+    return "float32"
+
+
+def trainable_to_float32(model: Any) -> None:
+    """What trains in float32: peft already keeps LoRA weights so; a bias ``lora_bias`` opens is a base
+    weight. A linear layer's bias alone goes to float32 (autocast runs the matmul in half precision
+    anyway); any other module with a trained weight (a norm's bias) goes to float32 whole, since a norm
+    takes a half-precision input only with weight and bias of one dtype."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.is_floating_point() and p.dtype != torch.float32]
+        if any(p.requires_grad for p in own):
+            linear = isinstance(module, (torch.nn.Linear, Conv1D))
+            for p in own:
+                if p.requires_grad or not linear:
+                    p.data = p.data.float()
+
+
+def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[Any, Any, str]:
+    """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters and
+    the Trainer's ``precision`` (which ``base_dtype: auto`` follows)."""
     name = hp["model_name"] or (adapter_base(hp["adapter"]) if hp["adapter"] else EMBEDDED_MODEL)
+    lora = bool(hp["lora"] or hp["adapter"])
+    dtype = resolve_base_dtype(hp.get("base_dtype", "auto"), lora, precision)
     base_path = resolve_model_path(name, hp["base_cache_dir"])
     tokenizer = load_tokenizer(hp["adapter"] or base_path, hp["trust_remote_code"])
-    model = load_causal_lm(base_path, hp["trust_remote_code"])
+    model = load_causal_lm(base_path, hp["trust_remote_code"], dtype=dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if hp["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -32,9 +79,13 @@ def build_model(hp: Mapping[str, Any]) -> tuple[Any, Any, str]:
         model = attach_adapter(model, hp["adapter"], trainable=True)
     elif hp["lora"]:
         model = apply_lora(model, *(hp[k] for k in LORA_KEYS))
+    trainable_to_float32(model)
     if hp["compile"]:
         unwrap_causal_lm(model).base_model.compile()  # in place: the peft wrapper and state dict keep their names
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    rank_zero_info(f"Model {name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    dtypes = f"frozen base in {dtype}, trained weights in float32" if lora else "float32"
+    rank_zero_info(
+        f"Model {name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); {dtypes}"
+    )
     return model.train(), tokenizer, base_path  # from_pretrained returns eval mode; the Trainer switches per loop

@@ -3,7 +3,8 @@
 Counted per batch, from the batch itself (real tokens, not padding):
 
 - forward: 2 x (weights of every linear layer in the transformer body) per token, plus causal
-  attention (2 x layers x width x length^2 per sequence for QK^T and AV), plus the LM head
+  attention (2 x layers x width x length^2 per sequence, per example of a packed row, for QK^T
+  and AV), plus the LM head
   (2 x width x vocabulary) at the positions where it runs: completion positions with the
   completion-only head, every position otherwise;
 - backward: activation gradients cost the forward again (frozen weights get no weight
@@ -45,7 +46,11 @@ def batch_flops(model: Any, batch: dict[str, torch.Tensor], completion_only_head
     width = hf.get_input_embeddings().weight.shape[1]
     vocab = hf.get_output_embeddings().weight.shape[0]
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    lengths = batch["attention_mask"].sum(dim=1).double()
+    segments = batch.get("segments")  # a packed batch: attention stays within each example
+    if segments is not None:
+        lengths = torch.bincount(segments[segments >= 0]).double()
+    else:
+        lengths = batch["attention_mask"].sum(dim=1).double()
     tokens = float(lengths.sum())
     head_tokens = float((batch["labels"][:, 1:] != -100).sum()) if completion_only_head else tokens
     linear, trainable_linear = linear_weight_count(model)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lora_lightning.data.tokenization import IGNORE_INDEX
+from lora_lightning.model.fused_head import chunked_token_losses
 
 # Config attributes of models whose logits are not just ``lm_head(hidden)``.
 LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -35,29 +36,39 @@ def supports_completion_only_head(model: Any) -> bool:
 def completion_loss(
     model: Any,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_tokens: int = 2048,
     completion_only_head: bool = True,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies over labelled positions, and their count.
 
     Returning the sum (not the mean) lets callers average over tokens across batches and devices.
     """
-    losses, _ = token_losses(model, input_ids, attention_mask, labels, chunk_tokens, completion_only_head)
+    losses, _ = token_losses(
+        model, input_ids, attention_mask, labels, chunk_tokens, completion_only_head, position_ids=position_ids
+    )
     return losses.sum(), int(losses.numel())
 
 
 def sequence_losses(
     model: Any,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     completion_only_head: bool = True,
+    position_ids: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed completion cross-entropy (minus its log-probability) and its token count."""
-    losses, rows = token_losses(model, input_ids, attention_mask, labels, completion_only_head=completion_only_head)
+    """Per row, or per example with ``segments`` (a packed batch: each token's example index, -1 on
+    padding): the summed completion cross-entropy (minus its log-probability) and its token count."""
+    losses, rows = token_losses(
+        model, input_ids, attention_mask, labels, completion_only_head=completion_only_head, position_ids=position_ids
+    )
     n = input_ids.shape[0]
+    if segments is not None:  # the example of each loss is the example of its target token
+        rows, n = segments[:, 1:][labels[:, 1:] != IGNORE_INDEX], int(segments.max()) + 1
     sums = torch.zeros(n, dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
     counts = torch.zeros(n, dtype=torch.long, device=losses.device).index_add_(0, rows, torch.ones_like(rows))
     return sums, counts
@@ -66,27 +77,30 @@ def sequence_losses(
 def token_losses(
     model: Any,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_tokens: int = 2048,
     completion_only_head: bool = True,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy at every labelled position (float32), and the batch row of each."""
+    """Cross-entropy at every labelled position (float32), and the batch row of each.
+
+    ``position_ids`` restarting at 0 with ``attention_mask=None`` is a packed batch: transformers then
+    confines attention to each example (:mod:`lora_lightning.model.packing` checks that it does).
+    """
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
     targets = shift_labels[mask]
     rows = mask.nonzero()[:, 0]
     if not (completion_only_head and supports_completion_only_head(model)):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
         return F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="none"), rows
     hf = unwrap_causal_lm(model)
-    hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    hidden = hf.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )[0]
     picked = hidden[:, :-1][mask]
     head = hf.get_output_embeddings()
-    parts = [
-        F.cross_entropy(
-            head(picked[start : start + chunk_tokens]).float(), targets[start : start + chunk_tokens], reduction="none"
-        )
-        for start in range(0, int(targets.numel()), chunk_tokens)
-    ]
-    return (torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)), rows
+    return chunked_token_losses(head, picked, targets, chunk_tokens), rows  # no chunk's logits kept for backward

@@ -1,12 +1,8 @@
 """The LightningModule: a causal LM wrapped with peft LoRA (or fully fine-tuned), and its training.
 
-The Trainer does devices, mixed precision, gradient accumulation and clipping; this module owns
-the model, the loss, the optimizer and what it logs. The loss of an optimizer step is the sum of
-the completion-token losses of the whole step (every micro-batch of the accumulation window, every
-DDP rank) divided by that step's completion tokens, so however a global batch is split, the update
-is the one of the whole batch. Checkpoints hold only the trainable weights, never the frozen base.
-Evaluation (``test``, standalone ``validate``) scores examples here; the
-:class:`~lora_lightning.callbacks.EvaluationReport` callback turns the scores into the results table.
+The Trainer does devices, precision, accumulation and clipping; this module owns the model, the loss
+(per-token over the whole optimizer step: :mod:`.step_loss`), the optimizer and what it logs.
+``test`` scores examples here; the ``EvaluationReport`` callback turns the scores into the table.
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ from lora_lightning.model.generation import generate
 from lora_lightning.model.lora import check_lora_settings
 from lora_lightning.model.loss import sequence_losses
 from lora_lightning.model.optim import decay_groups, warmup_then_decay
+from lora_lightning.model.packing import check_packing
 from lora_lightning.model.scoring import score_examples
 from lora_lightning.model.step_loss import StepLoss
 from lora_lightning.prompts import resolve_prompt_format
@@ -61,6 +58,8 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
         compile: ``torch.compile`` the transformer body (slower first steps, then faster kernels).
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
+        base_dtype: dtype of the frozen base weights with LoRA; ``auto``: bfloat16 under ``bf16-mixed``/``bf16-true``,
+            float16 under ``16-mixed``, else float32. The adapter and its optimizer state stay float32.
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
         nonfinite: What a non-finite loss or gradient does: ``stop`` the run with a message naming
@@ -93,6 +92,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         gradient_checkpointing: bool = False,
         compile: bool = False,
         completion_only_head: bool = True,
+        base_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
         nonfinite: Literal["stop", "skip"] = "stop",
@@ -119,6 +119,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         self.prompt_format: str | None = None  # plain or chat, resolved with the tokenizer
         self.step_loss = StepLoss(self)
         self.scored: dict[str, list[dict]] = {}  # evaluation records per mode, for EvaluationReport
+        self.packing_checked = False  # the model keeps packed examples apart (model.packing.check_packing)
 
     # -- model -------------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         """Loads the base and adds LoRA; called by the Trainer (once) before fit/validate/test."""
         if self.model is not None:
             return
-        self.model, self.tokenizer, self.base_model_path = build_model(self.hparams)
+        self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision)
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
 
     @property
@@ -137,9 +138,19 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def completion_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row of a batch: the summed completion-token cross-entropy, and its completion token count."""
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        return sequence_losses(self.model, ids, mask, labels, completion_only_head=self.hparams.completion_only_head)
+        """Per example of a batch: the summed completion-token cross-entropy, and its completion token count.
+
+        A packed batch (``position_ids``, ``segments``) goes to the model without its 2D mask, so that
+        transformers confines attention to each example; the first one checks that the model does.
+        """
+        ids, mask, labels, positions = batch["input_ids"], batch["attention_mask"], batch["labels"], None
+        if "position_ids" in batch:
+            if not self.packing_checked:
+                check_packing(self.model)
+                self.packing_checked = True
+            mask, positions = None, batch["position_ids"]
+        head = self.hparams.completion_only_head
+        return sequence_losses(self.model, ids, mask, labels, head, positions, batch.get("segments"))
 
     # -- fit ---------------------------------------------------------------------------------
 
