@@ -115,7 +115,7 @@ def compare_command(runs: list[str]) -> None:
         path = Path(run)
         versions = sorted((path / "lightning_logs").glob("version_*"), key=lambda p: p.stat().st_mtime, reverse=True)
         found = [read_run(f) for f in versions or [path] if any(f.glob("events.out.tfevents.*"))]
-        fits = [r for r in found if r["settings"]]  # a `test` run logs beside its `fit`; the fit holds the record
+        fits = [r for r in found if "hp/best_val_loss" in r["metrics"]]  # `test` runs log beside their `fit`
         if not fits:
             raise UserInputError(f"{run!r} holds no training run's TensorBoard events; give checkpoints/<run>")
         table.append(fits[0])

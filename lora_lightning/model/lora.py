@@ -15,6 +15,7 @@ per-architecture table for the rest; ``"all-linear"`` and explicit lists go to p
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,7 +91,12 @@ def apply_lora(
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing a user can act on.
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            return get_peft_model(model, config)
     except ValueError as err:
         raise LoRAConfigError(
             f"cannot apply LoRA to {model.config.model_type!r} with target_modules={targets!r}: {first_line(err)}"
