@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.atomic_write import atomic_folder
-from lora_lightning.hub import check_hub_access, model_card, push_folder
+from lora_lightning.evaluation.loss_plot import LOSS_PLOT, plot_loss_curves
+from lora_lightning.hub import check_hub_access, model_card, push_folder, training_settings
+from lora_lightning.model.sharding import gathered_state_dict
 from lora_lightning.prompts import write_prompt_format
 
 
@@ -84,11 +86,17 @@ class AdapterCheckpoint(Callback):
         kind = "adapter" if getattr(pl_module, "is_lora", True) else "model"
         return self.root(trainer) / (kind if which == "best" else f"{kind}_last")
 
-    @rank_zero_only
-    def export(self, trainer: Trainer, pl_module: Any, which: str) -> Path:
+    def export(self, trainer: Trainer, pl_module: Any, which: str) -> Path | None:
+        """Called on every rank: a sharded (FSDP2) model's weights are gathered first, collectively,
+        and only what trains (the adapter); rank 0 writes."""
+        weights = gathered_state_dict(pl_module.model, trainable_only=getattr(pl_module, "is_lora", True))
+        return self.write(trainer, pl_module, which, weights) if trainer.is_global_zero else None
+
+    def write(self, trainer: Trainer, pl_module: Any, which: str, weights: dict | None) -> Path:
         target = self.folder(trainer, pl_module, which)
         with atomic_folder(target) as tmp:
-            pl_module.model.save_pretrained(tmp, safe_serialization=True)
+            gathered = {"state_dict": weights} if weights is not None else {}
+            pl_module.model.save_pretrained(tmp, safe_serialization=True, **gathered)
             pl_module.tokenizer.save_pretrained(tmp)
             history = {
                 "base_model": pl_module.base_model_path,
@@ -105,7 +113,19 @@ class AdapterCheckpoint(Callback):
             write_prompt_format(tmp, pl_module.prompt_format)
             config_file = tmp / "adapter_config.json"
             config = json.loads(config_file.read_text()) if config_file.is_file() else None
-            (tmp / "README.md").write_text(model_card(history, config))
+            run = {
+                "optimizer": getattr(pl_module, "optimizer_class", None),
+                "custom_scheduler": getattr(pl_module, "lr_scheduler_class", None) is not None,
+                "devices": trainer.world_size,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "max_epochs": trainer.max_epochs,
+                "max_steps": trainer.max_steps,
+                "precision": trainer.precision,
+                "gradient_clip_val": trainer.gradient_clip_val,
+            }
+            settings = training_settings(pl_module.hparams, getattr(trainer.datamodule, "hparams", {}), run)
+            plot = LOSS_PLOT if plot_loss_curves(history, tmp / LOSS_PLOT) else None
+            (tmp / "README.md").write_text(model_card(history, config, settings=settings, plot=plot))
         rank_zero_info(f"Exported {which} {target.name} (step {trainer.global_step}) to {target}")
         return target
 

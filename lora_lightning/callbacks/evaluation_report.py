@@ -5,7 +5,9 @@ scores from every rank (each example counted once: a distributed sampler's paddi
 dropped), computes each task's metrics, logs them (``test/<task>/<metric>``,
 ``test_base/<task>/<metric>``) and writes ``eval_results.md`` and ``.csv`` beside the adapter (or
 in the run folder). The table's title names the split each task was scored on and its row count:
-rows that neither trained the adapter nor picked it.
+rows that neither trained the adapter nor picked it. A 0-shot score of an adapter folder also goes
+into that folder's model card (``README.md``, when this project wrote it): the table in its
+evaluation section and the adapter's values as the Hub's ``model-index`` metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.atomic_write import atomic_file
 from lora_lightning.distributed import gather_objects, unique_by
-from lora_lightning.evaluation.report import as_csv, as_markdown, results_rows, task_metrics
+from lora_lightning.evaluation.report import as_csv, as_markdown, card_results, card_section, results_rows, task_metrics
+from lora_lightning.hub import write_card_evaluation
 
 
 class EvaluationReport(Callback):
@@ -87,6 +90,9 @@ class EvaluationReport(Callback):
         rank_zero_info(f"{title}:\n{as_markdown(rows)}Written to {where / name}.md and .csv")
         if adapter and "adapter" in self.results and not shots:
             log_to_training_run(Path(adapter), self.results["adapter"])
+            model_name = f"{Path(str(pl_module.base_model_path)).name}-lora"
+            if write_card_evaluation(adapter, card_section(rows, title), card_results(rows, splits), model_name):
+                rank_zero_info(f"Results written into the model card {Path(adapter) / 'README.md'}")
 
 
 def log_to_training_run(adapter: Path, results: dict[str, dict[str, float]]) -> None:

@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lora_lightning.model.generation import generate
+from lora_lightning.model.sharding import is_sharded
 
 
 class GenerationSamples(Callback):
@@ -30,7 +31,7 @@ class GenerationSamples(Callback):
             self.samples_per_task <= 0
             or trainer.sanity_checking
             or trainer.state.fn != "fit"
-            or not trainer.is_global_zero
+            or not (trainer.is_global_zero or is_sharded(pl_module.model))  # sharded: all ranks take part
             or not hasattr(trainer.datamodule, "eval_examples")
         ):
             return
@@ -55,7 +56,7 @@ class GenerationSamples(Callback):
                 f"| {cell(e['prompt'], self.max_prompt_chars)} | {cell(e['reference'])} | {cell(out)} |"
                 for e, out in zip(examples, outputs)
             ]
-            for logger in loggers:
+            for logger in loggers if trainer.is_global_zero else []:
                 logger.experiment.add_text(f"samples/{task}", "\n".join(table), global_step=trainer.global_step)
         pl_module.model.train(was_training)
 

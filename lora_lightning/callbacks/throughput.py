@@ -2,12 +2,15 @@
 
 Timed from batch start to batch end (data loading excluded, optimizer step included), summed over
 ``window`` batches, and logged as ``perf/tokens_per_s``, ``perf/samples_per_s``, ``perf/mfu``.
+At the start it prints the parameter bytes each rank holds (about 1/world of the model under FSDP2),
+at the end each rank's peak resident memory.
 Tokens are non-padding tokens; MFU is :func:`~lora_lightning.model.flops.batch_flops` over the
 device peak (measured by a GEMM at start-up on CPU).
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
@@ -15,7 +18,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from lora_lightning.distributed import gather_objects
 from lora_lightning.model.flops import batch_flops, peak_flops
+from lora_lightning.model.sharding import parameter_bytes
 
 
 class ThroughputLogger(Callback):
@@ -40,6 +45,15 @@ class ThroughputLogger(Callback):
         self.peak = peak_flops(pl_module.device, dtype)
         if self.peak:
             rank_zero_info(f"Peak for MFU: {self.peak / 1e12:.2f} TFLOP/s ({dtype}, {pl_module.device.type})")
+        held = gather_objects([parameter_bytes(pl_module.model)])  # every rank: a collective under DDP/FSDP
+        rank_zero_info(
+            f"Parameters held per rank: {' / '.join(f'{h / 2**20:.1f}' for h, _ in held)} MB "
+            f"of {held[0][1] / 2**20:.1f} MB"
+        )
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        peaks = gather_objects([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])  # KiB on Linux
+        rank_zero_info(f"Peak RSS per rank: {' / '.join(f'{mb:,.0f}' for mb in peaks)} MB")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()

@@ -77,3 +77,44 @@ def as_csv(rows: Sequence[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+# Readable names of the table's metrics, for the Hub's model-index (its ``name`` beside the ``type``).
+METRIC_NAMES = {
+    "loss": "completion loss",
+    "perplexity": "perplexity",
+    "accuracy_rank": "accuracy (rank classification)",
+    "accuracy_exact": "accuracy (exact match of the greedy answer)",
+    "rouge_l": "ROUGE-L",
+    "coverage": "concept coverage",
+    "exact_match": "exact match",
+    "f1": "F1",
+    "sacrebleu": "SacreBLEU",
+}
+
+
+def card_section(rows: Sequence[dict], title: str) -> str:
+    """The model card's evaluation section: the title that names each task's split and row count,
+    the table as in ``eval_results.md``, and how to read it."""
+    return (
+        f"{title}.\n\n{as_markdown(rows)}\n"
+        "delta = adapter - base. Loss and perplexity: lower is better; the other metrics are on a "
+        "0-100 scale, higher is better. The same table is in the run folder's `eval_results.md` and `.csv`.\n"
+    )
+
+
+def card_results(rows: Sequence[dict], splits: Mapping[str, str]) -> list[dict]:
+    """The adapter's value of each table row, as the model card's metadata holds it
+    (``{task, split, metric, name, value}``): rounded as the table shows it, so card, metadata and
+    table agree; non-finite values are left out (the Hub's metadata takes numbers only)."""
+    return [
+        {
+            "task": row["task"],
+            "split": splits.get(row["task"]),
+            "metric": row["metric"],
+            "name": METRIC_NAMES.get(row["metric"], row["metric"]),
+            "value": round(float(row["adapter"]), 4),
+        }
+        for row in rows
+        if "adapter" in row and math.isfinite(row["adapter"])
+    ]

@@ -8,6 +8,11 @@ With LoRA the frozen base is loaded in half precision when the Trainer computes 
 (``base_dtype: auto``: bfloat16 under ``bf16-mixed``/``bf16-true``, float16 under ``16-mixed``), so
 its weights take half the memory; what trains (the adapter, and any bias ``lora_bias`` opens) stays
 float32, and so do its gradients, the optimizer state and the exported adapter.
+
+``init_lora_weights`` ``pissa``/``olora`` rewrite the adapted base weights to the residual in the base
+dtype (peft computes it in float32 and casts back): under a half-precision base that residual is
+rounded once more, by about the half-precision rounding of the weight itself. NEFTune
+(``neftune_noise_alpha``) is a hook on the input embeddings that adds noise in training mode only.
 """
 
 from __future__ import annotations
@@ -21,10 +26,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
 from lora_lightning.model.adapters import adapter_base, attach_adapter
-from lora_lightning.model.lora import apply_lora
+from lora_lightning.model.lora import RESIDUAL_INITS, apply_lora
 from lora_lightning.model.loss import unwrap_causal_lm
+from lora_lightning.model.neftune import add_neftune
 
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_bias", "target_modules", "use_rslora", "use_dora")
+LORA_KEYS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_bias",
+    "target_modules",
+    "use_rslora",
+    "use_dora",
+    "init_lora_weights",
+)
 BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -63,6 +78,17 @@ def trainable_to_float32(model: Any) -> None:
                     p.data = p.data.float()
 
 
+def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
+    """``model`` with a fresh adapter from the LoRA keys; PiSSA/OLoRA changing the base is said once."""
+    model = apply_lora(model, *(hp[k] for k in LORA_KEYS))
+    if hp["init_lora_weights"] in RESIDUAL_INITS:
+        rank_zero_info(
+            f"init_lora_weights {hp['init_lora_weights']}: the adapted base weights are now the residual "
+            "W - scale * B A; the adapter fits that residual (peft rebuilds it when loading the adapter)"
+        )
+    return model
+
+
 def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[Any, Any, str]:
     """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters and
     the Trainer's ``precision`` (which ``base_dtype: auto`` follows)."""
@@ -78,8 +104,10 @@ def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[An
     if hp["adapter"] is not None:
         model = attach_adapter(model, hp["adapter"], trainable=True)
     elif hp["lora"]:
-        model = apply_lora(model, *(hp[k] for k in LORA_KEYS))
+        model = new_lora(model, hp)
     trainable_to_float32(model)
+    if hp.get("neftune_noise_alpha") is not None:
+        add_neftune(model, hp["neftune_noise_alpha"])
     if hp["compile"]:
         unwrap_causal_lm(model).base_model.compile()  # in place: the peft wrapper and state dict keep their names
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -31,7 +31,10 @@ class TrainableCheckpointing:
         checkpoint["base_model_path"] = self.base_model_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
+        self.step_loss.history = checkpoint.get("loss_history", self.step_loss.history)
+        if "state_dict" not in checkpoint:
+            return  # FSDP2: the strategy has loaded the weights into their shards already
+        state = checkpoint["state_dict"]
         missing = sorted(self.trainable_names() - set(state))
         if missing:
             raise CheckpointMismatchError(
@@ -45,4 +48,3 @@ class TrainableCheckpointing:
                 f"checkpoint weight {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but this model's is "
                 f"{tuple(own[wrong[0]].shape)}; it was written with another lora_r or base model"
             )
-        self.step_loss.history = checkpoint.get("loss_history", self.step_loss.history)

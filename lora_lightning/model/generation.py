@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lora_lightning.data.tokenization import cut_prompt
+from lora_lightning.model.sharding import is_sharded
 from lora_lightning.prompts import render_prompt
 
 
@@ -58,6 +59,7 @@ def generate(
     )
     special = set(tokenizer.all_special_ids)
     stop = end_ids(model, tokenizer)
+    sharded = is_sharded(model)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         texts = [render_prompt(tokenizer, p, prompt_format) for p in prompts[start : start + batch_size]]
@@ -66,7 +68,12 @@ def generate(
             rows = [cut_prompt(r, max_prompt_tokens, special) for r in rows]
         enc = left_padded(rows, tokenizer.pad_token_id, device)
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **sampling
+            **enc,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+            synced_gpus=sharded,  # a sharded forward is collective: every rank steps until all are done
+            **sampling,
         )
         new = out[:, enc["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]

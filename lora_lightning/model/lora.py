@@ -11,6 +11,17 @@ per-architecture table for the rest; ``"all-linear"`` and explicit lists go to p
   also catch the MLP's ``transformer.h.N.mlp.c_proj``.
 - GPT-NeoX (Pythia): ``query_key_value``.
 - Llama (SmolLM): ``q_proj`` and ``v_proj``.
+
+``init_lora_weights`` picks peft's initialisation of the adapter. ``default`` and ``gaussian`` start
+with ``lora_B = 0``, so the adapter adds nothing until it trains. ``pissa`` (the top-r singular
+vectors of each adapted weight) and ``olora`` (the first r columns of its QR decomposition) start with
+a non-zero adapter and subtract it from the base weight instead: the frozen base becomes the
+*residual* ``W - scale * B A`` and the wrapped model computes what the original did. The exported
+adapter is therefore an update to that residual, not to the original base. peft recomputes the
+residual when it loads the adapter onto the original base (``init_lora_weights`` is kept in
+``adapter_config.json`` and the SVD/QR of the same weights is the same), so plain
+``PeftModel.from_pretrained`` and ``merge`` reproduce the trained model; but the adapter cannot share
+a base with other adapters, and ``disable_adapter()`` gives the residual, not the original model.
 """
 
 from __future__ import annotations
@@ -29,11 +40,19 @@ AUTO_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
+# Our names for peft's ``init_lora_weights`` values; "default" is peft's True (kaiming-uniform A, zero B).
+# Only deterministic ones: peft reruns a PiSSA/OLoRA initialisation when it loads the adapter, and the
+# residual it makes there must be the one trained against (so no randomised "pissa_niter_N").
+INIT_LORA_WEIGHTS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+# Those that move the principal part of each weight into the adapter and leave the residual in the base.
+RESIDUAL_INITS = ("pissa", "olora")
+
+
 class LoRAConfigError(UserInputError):
     """LoRA settings that cannot work; the message names the setting and the allowed values."""
 
 
-def check_lora_settings(r: int, alpha: float, dropout: float, bias: str) -> None:
+def check_lora_settings(r: int, alpha: float, dropout: float, bias: str, init_lora_weights: str = "default") -> None:
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise LoRAConfigError(f"lora_r must be a positive integer, got {r!r}")
     if alpha <= 0:
@@ -42,6 +61,21 @@ def check_lora_settings(r: int, alpha: float, dropout: float, bias: str) -> None
         raise LoRAConfigError(f"lora_dropout must be in [0, 1), got {dropout!r}")
     if bias not in ("none", "all", "lora_only"):
         raise LoRAConfigError(f"lora_bias must be one of none, all, lora_only; got {bias!r}")
+    if init_lora_weights not in INIT_LORA_WEIGHTS:
+        raise LoRAConfigError(
+            f"init_lora_weights must be one of {', '.join(INIT_LORA_WEIGHTS)}; got {init_lora_weights!r}"
+        )
+
+
+def check_init_fits(init_lora_weights: str, model_type: str, transposed: bool) -> None:
+    """peft's OLoRA takes the QR decomposition of the stored weight as if it were (out, in); GPT-2's
+    Conv1D stores (in, out), so the adapter would get the wrong shapes or, on a square layer, silently
+    change what the model computes. PiSSA transposes first and works there."""
+    if init_lora_weights == "olora" and transposed:
+        raise LoRAConfigError(
+            f"init_lora_weights olora does not support {model_type!r} (peft's OLoRA ignores transposed Conv1D "
+            "weights); use default, gaussian or pissa"
+        )
 
 
 def resolve_target_modules(model_type: str, target_modules: str | Sequence[str]) -> str | list[str]:
@@ -71,13 +105,19 @@ def apply_lora(
     target_modules: str | Sequence[str] = "auto",
     use_rslora: bool = False,
     use_dora: bool = False,
+    init_lora_weights: str = "default",
 ) -> Any:
-    """``model`` wrapped in a peft ``PeftModel`` with one trainable LoRA adapter."""
+    """``model`` wrapped in a peft ``PeftModel`` with one trainable LoRA adapter.
+
+    With ``init_lora_weights`` ``pissa`` or ``olora`` the base weights of the adapted layers are
+    changed in place (to the residual, see the module docstring)."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    check_lora_settings(r, alpha, dropout, bias)
+    check_lora_settings(r, alpha, dropout, bias, init_lora_weights)
     targets = resolve_target_modules(model.config.model_type, target_modules)
+    transposed = any(isinstance(m, Conv1D) for m in model.modules())
+    check_init_fits(init_lora_weights, model.config.model_type, transposed)
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=r,
@@ -87,8 +127,9 @@ def apply_lora(
         target_modules=targets,
         use_rslora=use_rslora,
         use_dora=use_dora,
+        init_lora_weights=INIT_LORA_WEIGHTS[init_lora_weights],
         # GPT-2 stores its linear weights transposed (Conv1D); peft must be told.
-        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
+        fan_in_fan_out=transposed,
     )
     try:
         with warnings.catch_warnings():

@@ -9,6 +9,7 @@ plain full-logits path, so the loss is always the model's own.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 
 from lora_lightning.data.tokenization import IGNORE_INDEX
 from lora_lightning.model.fused_head import chunked_token_losses
+
+SHARDED_LOSS = "lora_lightning_token_losses"
+"""Name of the FSDP forward method a sharded model computes its token losses with (:mod:`.sharding`)."""
 
 # Config attributes of models whose logits are not just ``lm_head(hidden)``.
 LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -87,7 +91,23 @@ def token_losses(
 
     ``position_ids`` restarting at 0 with ``attention_mask=None`` is a packed batch: transformers then
     confines attention to each example (:mod:`lora_lightning.model.packing` checks that it does).
+    A sharded model computes them through its registered FSDP forward method, so that its root
+    weights (embeddings, head) are gathered for the body and the head alike.
     """
+    compute = getattr(model, SHARDED_LOSS, None) or functools.partial(compute_token_losses, model)
+    return compute(input_ids, attention_mask, labels, chunk_tokens, completion_only_head, position_ids)
+
+
+def compute_token_losses(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_tokens: int = 2048,
+    completion_only_head: bool = True,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_losses` on the model as it is."""
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
     targets = shift_labels[mask]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL
@@ -22,9 +23,11 @@ from lora_lightning.model.checkpointing import TrainableCheckpointing
 from lora_lightning.model.generation import generate
 from lora_lightning.model.lora import check_lora_settings
 from lora_lightning.model.loss import sequence_losses
-from lora_lightning.model.optim import decay_groups, warmup_then_decay
+from lora_lightning.model.neftune import check_neftune_alpha
+from lora_lightning.model.optim import build_optimizer, check_loraplus_ratio, warmup_then_decay
 from lora_lightning.model.packing import check_packing
 from lora_lightning.model.scoring import score_examples
+from lora_lightning.model.sharding import shard_model
 from lora_lightning.model.step_loss import StepLoss
 from lora_lightning.prompts import resolve_prompt_format
 
@@ -47,6 +50,12 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             gpt_neox query_key_value; llama q_proj, v_proj), ``all-linear``, or a list of module names.
         use_rslora: Rank-stabilised LoRA scaling (alpha / sqrt(r)).
         use_dora: Weight-decomposed LoRA (DoRA).
+        init_lora_weights: How peft initialises the adapter: ``default`` (kaiming-uniform A, zero B),
+            ``gaussian`` (normal A with std 1/r, zero B), ``pissa`` (A, B from the top-r singular vectors
+            of each weight) or ``olora`` (from its QR decomposition; not GPT-2). pissa and olora subtract the
+            initial adapter from the base weights, so the model starts unchanged but its base is the
+            residual: the exported adapter fits only that residual, which peft rebuilds when it loads the
+            adapter onto the original base; it cannot share a base with other adapters.
         optimizer: The optimizer class (a LightningCLI callable, e.g. ``torch.optim.SGD``; other
             arguments as ``--model.optimizer.momentum 0.9``). Its learning rate and weight decay
             come from ``learning_rate`` and ``weight_decay``.
@@ -55,6 +64,12 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         weight_decay: Weight decay for matrices (biases and norms get none).
         warmup_ratio: Share of the optimizer steps spent warming the learning rate up from 0.
         lr_schedule: Decay after warmup: ``linear`` or ``cosine``, down to 0 at the last step.
+        loraplus_lr_ratio: LoRA+: lora_B (and any trained 1-D weight) learns at this ratio x
+            ``learning_rate``, lora_A at ``learning_rate`` (peft's ``create_loraplus_optimizer``, with the
+            ``optimizer`` class); null: one learning rate. The paper suggests 16.
+        neftune_noise_alpha: NEFTune: uniform noise of scale alpha / sqrt(length x hidden size) on the
+            input embeddings, in training steps only (validation, test, predict and generation see
+            none); null: off. The paper uses 5 to 15.
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
         compile: ``torch.compile`` the transformer body (slower first steps, then faster kernels).
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
@@ -83,12 +98,15 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         target_modules: list[str] | str = "auto",
         use_rslora: bool = False,
         use_dora: bool = False,
+        init_lora_weights: Literal["default", "gaussian", "pissa", "olora"] = "default",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.06,
         lr_schedule: Literal["linear", "cosine"] = "linear",
+        loraplus_lr_ratio: float | None = None,
+        neftune_noise_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         compile: bool = False,
         completion_only_head: bool = True,
@@ -106,7 +124,9 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         if adapter is not None and not Path(adapter, "adapter_config.json").is_file():
             raise UserInputError(f"model.adapter {adapter!r} is not an adapter folder (no adapter_config.json)")
         if lora:
-            check_lora_settings(lora_r, lora_alpha, lora_dropout, lora_bias)
+            check_lora_settings(lora_r, lora_alpha, lora_dropout, lora_bias, init_lora_weights)
+        check_loraplus_ratio(loraplus_lr_ratio, lora or adapter is not None)
+        check_neftune_alpha(neftune_noise_alpha)
         if learning_rate <= 0 or not 0.0 <= warmup_ratio < 1.0:
             raise UserInputError(
                 f"need model.learning_rate > 0, warmup_ratio in [0,1): {learning_rate}, {warmup_ratio}"
@@ -124,11 +144,14 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
     # -- model -------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Loads the base and adds LoRA; called by the Trainer (once) before fit/validate/test."""
+        """Loads the base and adds LoRA; called by the Trainer (once) before fit/validate/test.
+        Under :class:`~lora_lightning.model.sharding.FSDP2Strategy`, ``fit`` then shards it."""
         if self.model is not None:
             return
         self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision)
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
+        if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding
 
     @property
     def is_lora(self) -> bool:
@@ -199,8 +222,8 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = decay_groups(self.model.named_parameters(), hp.weight_decay)
-        optimizer = self.optimizer_class([{**g, "lr": hp.learning_rate} for g in groups])
+        lr, decay, ratio = hp.learning_rate, hp.weight_decay, hp.loraplus_lr_ratio
+        optimizer = build_optimizer(self.model, self.optimizer_class, lr, decay, ratio)
         if self.lr_scheduler_class is not None:
             scheduler = self.lr_scheduler_class(optimizer)
         else:

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.errors import TrainingHalted
+from lora_lightning.model.sharding import gradient_norm
 
 MAX_OVERFLOW_STEPS = 20  # 16-mixed: consecutive GradScaler overflow skips before the run is called broken
 
@@ -76,7 +77,7 @@ class StepLoss:
         grads = [p.grad.detach() for p in m.model.parameters() if p.grad is not None]
         if not grads:
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm = gradient_norm(grads)
         if torch.isfinite(norm):
             self.overflow_streak = 0
             m.log("train/grad_norm", norm)
