@@ -7,6 +7,7 @@
         --data.predict_file prompts.jsonl [--predictions.output out.jsonl]
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
     lora-lightning merge --adapter checkpoints/default/adapter --output merged/
+    lora-lightning lm-eval-tasks harness_tasks/ --config configs/default.yaml   # tasks for lm_eval --include_path
 
 Every run writes under ``trainer.default_root_dir`` (``checkpoints/<run>``): ``adapter/`` (best
 validation loss) and ``adapter_last/`` in peft format, ``ckpt/`` (Lightning checkpoints holding only
@@ -38,6 +39,7 @@ from lora_lightning.checkpoint_io import read_checkpoint
 from lora_lightning.commands import COMMANDS, run_command
 from lora_lightning.data import FlanDataModule
 from lora_lightning.errors import TrainingHalted, UserInputError, first_line
+from lora_lightning.evaluation.harness import GROUP, write_harness_tasks
 from lora_lightning.model import LoRAModule
 
 PROG = "lora-lightning"
@@ -118,6 +120,42 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
+    return LoRALightningCLI(
+        LoRAModule,
+        FlanDataModule,
+        parser_class=OneLineErrorParser,
+        seed_everything_default=42,
+        trainer_defaults={"plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}]},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+        parser_kwargs={
+            "prog": PROG if run else f"{PROG} lm-eval-tasks OUT_DIR",
+            "description": "LoRA instruction tuning on PyTorch Lightning. "
+            "Subcommands: fit, validate, test, predict, generate, merge, compare, lm-eval-tasks.",
+        },
+    )
+
+
+def lm_eval_tasks(argv: list[str]) -> None:
+    """``lora-lightning lm-eval-tasks OUT_DIR [--config ...] [--data.* ...]``: the run's tasks over its
+    evaluation rows as lm-evaluation-harness tasks (:mod:`lora_lightning.evaluation.harness`), read
+    from the same config (and ``--model.adapter``, for its tokenizer and prompt format) as ``test``."""
+    if not argv or argv[0].startswith("-"):
+        fail("usage: lm-eval-tasks OUT_DIR [--config FILE ...] [--model.adapter DIR] [--data.KEY VALUE ...]")
+    out, rest = argv[0], argv[1:]
+    cli = build_cli(rest, run=False)
+    data = cli.datamodule
+    data.load_tokenizer()
+    names = write_harness_tasks(out, data.eval_examples(), data.tokenizer, data.prompt_format)
+    print(f"Wrote {len(names)} lm-evaluation-harness tasks to {out} ({', '.join(names)}); score a model with:")
+    print(
+        f"  lm_eval --model hf --model_args pretrained=BASE[,peft=ADAPTER],max_length={data.hparams.max_length - 1} \\"
+    )
+    print(f"    --include_path {out} --tasks {GROUP}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lora-lightning`` and ``python -m lora_lightning``."""
     words = sys.argv[1:] if argv is None else argv
@@ -125,20 +163,10 @@ def main(argv: list[str] | None = None) -> None:
         if words and words[0] in COMMANDS:
             run_command(words[0], words[1:], PROG)
             return
-        LoRALightningCLI(
-            LoRAModule,
-            FlanDataModule,
-            parser_class=OneLineErrorParser,
-            seed_everything_default=42,
-            trainer_defaults={"plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}]},
-            auto_configure_optimizers=False,
-            args=argv,  # None: sys.argv
-            parser_kwargs={
-                "prog": PROG,
-                "description": "LoRA instruction tuning on PyTorch Lightning. "
-                "Subcommands: fit, validate, test, predict, generate, merge.",
-            },
-        )
+        if words and words[0] == "lm-eval-tasks":
+            lm_eval_tasks(words[1:])
+            return
+        build_cli(argv)  # None: sys.argv
     except UserInputError as err:
         fail(str(err))
     except TrainingHalted as err:
