@@ -58,40 +58,57 @@ class EvaluationReport(Callback):
         if not records:
             return
         dm = trainer.datamodule
+        specs = list(dm.task_specs) + list(getattr(dm, "unseen_specs", []))
+        unseen = {t.name for t in getattr(dm, "unseen_specs", [])}
         self.results = {
-            mode: {t.name: task_metrics(t, [r for r in rows if r["task"] == t.name]) for t in dm.task_specs}
+            mode: {t.name: task_metrics(t, [r for r in rows if r["task"] == t.name]) for t in specs}
             for mode, rows in records.items()
         }
         for mode, per_task in self.results.items():
             prefix = stage if mode != "base" else f"{stage}_base"
             for task, values in per_task.items():
+                group = f"{prefix}_unseen" if task in unseen else prefix  # TensorBoard: a section of their own
                 for metric, value in values.items():
-                    pl_module.log(f"{prefix}/{task}/{metric}", value, rank_zero_only=True)
+                    pl_module.log(f"{group}/{task}/{metric}", value, rank_zero_only=True)
         if not trainer.is_global_zero:
             return
         rows = results_rows(self.results)
         first = next(iter(records.values()))
-        counts = {t.name: sum(r["task"] == t.name for r in first) for t in dm.task_specs}
+        counts = {t.name: sum(r["task"] == t.name for r in first) for t in specs}
         splits = {r["task"]: r.get("split", "?") for r in first}
-        scored_on = "; ".join(f"{task} {n} ({splits.get(task, '?')})" for task, n in counts.items())
+
+        def scored_on(tasks: list[str]) -> str:
+            return "; ".join(f"{task} {counts[task]} ({splits.get(task, '?')})" for task in tasks)
+
         shots = dm.hparams.eval_shots
         versus = ", base model vs adapter" if "adapter" in records else ""
+        trained = [t.name for t in dm.task_specs]
         title = (
             f"Evaluation rows never used for training or checkpoint selection ({shots}-shot, prompt format "
-            f"{pl_module.prompt_format}{versus}): {scored_on}"
+            f"{pl_module.prompt_format}{versus}): {scored_on(trained)}"
         )
+        seen_rows = [r for r in rows if r["task"] not in unseen]
+        unseen_rows = [r for r in rows if r["task"] in unseen]
+        unseen_title = f"Tasks never trained on (data.eval_tasks): {scored_on(sorted(unseen))}" if unseen else ""
+        markdown = as_markdown(seen_rows, f"## {title}")
+        if unseen_rows:
+            markdown += "\n" + as_markdown(unseen_rows, f"## {unseen_title}")
+        csv_rows = [{**r, "trained": "no" if r["task"] in unseen else "yes"} for r in rows]
         adapter = pl_module.hparams.get("adapter")
         where = Path(self.dirpath or (Path(adapter).parent if adapter else trainer.default_root_dir))
         name = f"eval_results{'' if not shots else f'_{shots}shot'}"
         with atomic_file(where / f"{name}.md") as f:
-            f.write(as_markdown(rows, f"## {title}"))
+            f.write(markdown)
         with atomic_file(where / f"{name}.csv") as f:
-            f.write(as_csv(rows))
-        rank_zero_info(f"{title}:\n{as_markdown(rows)}Written to {where / name}.md and .csv")
+            f.write(as_csv(csv_rows))
+        rank_zero_info(f"{markdown}Written to {where / name}.md and .csv")
         if adapter and "adapter" in self.results and not shots:
             log_to_training_run(Path(adapter), self.results["adapter"])
             model_name = f"{Path(str(pl_module.base_model_path)).name}-lora"
-            if write_card_evaluation(adapter, card_section(rows, title), card_results(rows, splits), model_name):
+            section = card_section(seen_rows, title)
+            if unseen_rows:
+                section += f"\n{unseen_title}.\n\n{as_markdown(unseen_rows)}"
+            if write_card_evaluation(adapter, section, card_results(rows, splits), model_name):
                 rank_zero_info(f"Results written into the model card {Path(adapter) / 'README.md'}")
 
 

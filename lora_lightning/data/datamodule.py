@@ -69,6 +69,9 @@ class FlanDataModule(LightningDataModule):
             (other keys are passed through to the output).
         eval_examples_per_task: ``test`` / ``validate``: evaluation examples scored per task (None: all).
         eval_shots: ``test`` / ``validate``: training examples prepended to each prompt (0: zero-shot).
+        eval_tasks: Tasks scored by ``test`` / ``validate`` but never trained on (FLAN's held-out tasks:
+            does tuning on ``tasks`` help on tasks it never saw?); their evaluation rows are chosen
+            as for any task, and the results table and TensorBoard keep them apart (``*_unseen``).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class FlanDataModule(LightningDataModule):
         predict_file: str | None = None,
         eval_examples_per_task: int | None = 100,
         eval_shots: int = 0,
+        eval_tasks: list[str] = [],  # noqa: B006 - shown as the CLI default
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -104,7 +108,7 @@ class FlanDataModule(LightningDataModule):
             raise UserInputError(f"data.batch_size must be positive and data.num_workers 0 or more, got {batch_size}")
         if predict_file is not None and not Path(predict_file).is_file():
             raise UserInputError(f"data.predict_file {predict_file!r} does not exist")
-        self.task_specs, self.files = load_tasks(tasks, data_files or {})
+        self.task_specs, self.unseen_specs, self.files = load_tasks(tasks, data_files or {}, eval_tasks)
         self.tokenizer: Any = None
         self.prompt_format: str | None = None  # resolved (plain or chat) once the tokenizer is loaded
         self.train_set: Any = None
@@ -156,8 +160,10 @@ class FlanDataModule(LightningDataModule):
             rank_zero_info(line)
 
     def eval_examples(self, limit: int | None = None) -> dict[str, list[dict]]:
-        """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter)."""
-        return evaluation_examples(self.task_specs, self.files, self.settings, limit)
+        """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter),
+        then those of ``eval_tasks`` (tasks never trained on)."""
+        unseen = [t.name for t in self.unseen_specs]
+        return evaluation_examples(self.task_specs + self.unseen_specs, self.files, self.settings, limit, unseen)
 
     def describe(self) -> dict[str, Any]:
         """What an exported adapter records about its data (``training_history.json``)."""

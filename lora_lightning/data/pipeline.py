@@ -75,18 +75,29 @@ class DataSettings:
             raise UserInputError(f"data.source must be 'demo' or 'hub', got {self.source!r}")
 
 
-def load_tasks(names: Sequence[str], data_files: Mapping[str, Any]) -> tuple[list[TaskSpec], dict[str, dict]]:
-    """The task specs of ``data.tasks`` and their checked ``data.data_files`` (``{task: {split: path}}``)."""
+def load_tasks(
+    names: Sequence[str], data_files: Mapping[str, Any], eval_only: Sequence[str] = ()
+) -> tuple[list[TaskSpec], list[TaskSpec], dict[str, dict]]:
+    """The task specs of ``data.tasks``, those of ``data.eval_tasks`` (scored, never trained on), and
+    the checked ``data.data_files`` of either (``{task: {split: path}}``)."""
     if not names:
         raise UserInputError("data.tasks is empty; name at least one task")
     specs = [load_task(t) for t in names]
+    unseen = [load_task(t) for t in eval_only]
     seen = [t.name for t in specs]
     if len(set(seen)) != len(seen):
         raise UserInputError(f"data.tasks names a task twice: {seen}")
-    unknown = set(data_files) - set(seen)
+    both = sorted({t.name for t in unseen} & set(seen))
+    if both:
+        raise UserInputError(f"data.eval_tasks names trained task(s) {both}; an unseen task is one not in data.tasks")
+    if len({t.name for t in unseen}) != len(unseen):
+        raise UserInputError(f"data.eval_tasks names a task twice: {[t.name for t in unseen]}")
+    unknown = set(data_files) - set(seen) - {t.name for t in unseen}
     if unknown:
-        raise UserInputError(f"data.data_files names task(s) {sorted(unknown)} that are not in data.tasks")
-    return specs, {t: normalize_data_files(t, spec) for t, spec in data_files.items()}
+        raise UserInputError(
+            f"data.data_files names task(s) {sorted(unknown)} that are not in data.tasks or data.eval_tasks"
+        )
+    return specs, unseen, {t: normalize_data_files(t, spec) for t, spec in data_files.items()}
 
 
 def data_cache_key(
@@ -281,9 +292,14 @@ def build_tokenized(
 
 
 def evaluation_examples(
-    tasks: Sequence[TaskSpec], files: Mapping[str, Mapping[str, str]], settings: DataSettings, limit: int | None = None
+    tasks: Sequence[TaskSpec],
+    files: Mapping[str, Mapping[str, str]],
+    settings: DataSettings,
+    limit: int | None = None,
+    unseen: Sequence[str] = (),
 ) -> dict[str, list[dict]]:
-    """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter)."""
+    """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter);
+    those of the ``unseen`` tasks (never trained on at all) are marked ``unseen``."""
     out = {}
     for task in tasks:
         p = split_task(task, files.get(task.name), settings)
@@ -301,6 +317,7 @@ def evaluation_examples(
             shot_rows,
         )
         out[task.name] = [
-            {**e, "eval_id": f"{task.name}:{i}", "split": p.names["evaluation"]} for i, e in enumerate(examples)
+            {**e, "eval_id": f"{task.name}:{i}", "split": p.names["evaluation"], "unseen": task.name in unseen}
+            for i, e in enumerate(examples)
         ]
     return out
