@@ -91,4 +91,4 @@ class TaskCurves(Callback):
                 logger.log_metrics(values, step=trainer.global_step)
             return
         for name, value in values.items():
-            pl_module.log(name, value)
+            pl_module.log(name, value, sync_dist=True)  # the same value on every rank: a no-op mean, no warning

@@ -125,5 +125,6 @@ class StepLoss:
             for logger in m.loggers:
                 logger.log_metrics({"val/loss": value, "val/ppl": math.exp(min(value, 50))}, step=m.global_step)
             return
-        m.log("val/loss", value, prog_bar=True)
-        m.log("val/ppl", math.exp(min(value, 50)))
+        # Summed over the ranks above, so the same on each: sync_dist's mean leaves it as it is.
+        m.log("val/loss", value, prog_bar=True, sync_dist=True)
+        m.log("val/ppl", math.exp(min(value, 50)), sync_dist=True)
