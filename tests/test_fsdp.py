@@ -3,6 +3,8 @@ parameter bytes per rank, a plain peft adapter, checkpoints of what trains, kill
 
 import re
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -12,6 +14,13 @@ from test_reliability import args_for, audit, history, start_fit, wait_for_steps
 
 pytestmark = pytest.mark.slow
 FSDP = str(REPO / "configs" / "fsdp.yaml")
+
+
+def wait_until_gone(pattern, timeout=120):
+    deadline = time.time() + timeout
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+        assert time.time() < deadline, f"a process of {pattern} outlived its killed rank 0"
+        time.sleep(0.2)
 
 
 def fsdp_args(model, root, *extra):
@@ -90,10 +99,11 @@ def test_fsdp_killed_run_resumes_with_the_same_batches(tiny_models, tmp_path):
         proc = start_fit(fsdp_args(tiny_models["llama"], crashed, *extra), log)
         try:
             wait_for_steps(crashed, proc, 8)  # mid-epoch: 6 steps an epoch
-            proc.send_signal(signal.SIGKILL)  # the launcher's rank 1 dies with it (its parent is gone)
+            proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=120)
         finally:
             proc.kill()
+    wait_until_gone(str(crashed))  # rank 1 (the launcher's child) fails at its next collective; it may log a row first
     trained = {rank: audit(crashed, rank) for rank in (0, 1)}
     saved = torch.load(crashed / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert 0 <= trained[0][-1]["step"] - saved <= every + 1
@@ -106,7 +116,9 @@ def test_fsdp_killed_run_resumes_with_the_same_batches(tiny_models, tmp_path):
         before, after = rows[: len(trained[rank])], rows[len(trained[rank]) :]
         kept = [r for r in before if r["step"] <= saved]
         combined = [(r["epoch"], r["batch_idx"], r["ids"]) for r in kept + after]
-        assert combined == [(r["epoch"], r["batch_idx"], r["ids"]) for r in audit(reference, rank)]
+        expected = [(r["epoch"], r["batch_idx"], r["ids"]) for r in audit(reference, rank)]
+        steps = ([r["step"] for r in before], [r["step"] for r in after])
+        assert combined == expected, (rank, saved, steps)
     assert history(crashed)["global_step"] == history(reference)["global_step"] == 12
     w_ref = load_file(reference / "adapter_last" / "adapter_model.safetensors")
     w_res = load_file(crashed / "adapter_last" / "adapter_model.safetensors")

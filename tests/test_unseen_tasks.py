@@ -85,3 +85,19 @@ def test_unseen_tasks_are_scored_apart_and_never_trained(tiny_models, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"test/bool_q/loss", "test_unseen/xsum/loss", "test_base_unseen/xsum/loss"} <= tags
     assert not any(t.startswith("test/xsum") for t in tags)
+
+
+def test_an_unseen_task_may_come_as_a_test_file_alone(tmp_path):
+    from lora_lightning.data import FlanDataModule
+    from lora_lightning.data.pipeline import split_task
+
+    rows = [{"document": f"Text number {i} about a town.", "summary": f"Town {i}.", "id": str(i)} for i in range(5)]
+    path = tmp_path / "xsum_test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dm = FlanDataModule(tasks=["bool_q"], eval_tasks=["xsum"], data_files={"xsum": {"test": str(path)}}, cache_dir=None)
+    examples = dm.eval_examples()
+    assert len(examples["xsum"]) == 5 and {e["split"] for e in examples["xsum"]} == {"test"}
+    assert all(e["unseen"] for e in examples["xsum"]) and not any(e["unseen"] for e in examples["bool_q"])
+    # a trained task needs train rows: a test file alone is a one-line error naming the way out
+    with pytest.raises(UserInputError, match="no train rows .* data.eval_tasks"):
+        split_task(dm.unseen_specs[0], dm.files["xsum"], dm.settings)

@@ -148,9 +148,23 @@ class TaskSplits:
     names: dict[str, str]
 
 
-def split_task(task: TaskSpec, files: Mapping[str, str] | None, settings: DataSettings) -> TaskSplits:
-    """The train / selection / evaluation rows of a task (see the module docstring for the rule)."""
+def split_task(
+    task: TaskSpec, files: Mapping[str, str] | None, settings: DataSettings, evaluation_only: bool = False
+) -> TaskSplits:
+    """The train / selection / evaluation rows of a task (see the module docstring for the rule).
+
+    ``evaluation_only`` (a task of ``data.eval_tasks``): a source without a train split is fine, its
+    test (else validation) split is the evaluation."""
     splits = load_task_splits(task, settings.source, files, ("train", "validation", "test"))
+    if "train" not in splits:
+        held = "test" if "test" in splits else "validation" if "validation" in splits else None
+        if not evaluation_only or held is None:
+            raise UserInputError(
+                f"task {task.name!r} has no train rows (its data gives only {sorted(splits) or 'nothing'}); "
+                "give it a train file, or name it in data.eval_tasks to score it without training"
+            )
+        rows = splits[held]
+        return TaskSplits(rows.select([]), rows.select([]), rows.shuffle(seed=settings.seed), {"evaluation": held})
     train = splits["train"]
     have_val, have_test = "validation" in splits, "test" in splits
     carve = 0 if have_val and have_test else 1 if have_val or have_test else 2  # slices to hold out of train
@@ -302,7 +316,7 @@ def evaluation_examples(
     those of the ``unseen`` tasks (never trained on at all) are marked ``unseen``."""
     out = {}
     for task in tasks:
-        p = split_task(task, files.get(task.name), settings)
+        p = split_task(task, files.get(task.name), settings, evaluation_only=task.name in unseen)
         shot_rows = (
             list(p.train.shuffle(seed=settings.seed).select(range(min(len(p.train), 64))))
             if settings.eval_shots
