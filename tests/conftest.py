@@ -17,6 +17,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# configs/default.yaml compiles the decoder blocks; on tiny models compiling costs more than it saves,
+# so tests run eager unless they turn dynamo back on (test_compile.py does, and checks compiled = eager).
+os.environ["TORCH_COMPILE_DISABLE"] = "1"
+if "torch._dynamo" in sys.modules:  # imported before this file (a plugin): its config has read the variable
+    sys.modules["torch._dynamo"].config.disable = True
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -97,6 +102,18 @@ def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
         tokenizer.save_pretrained(folder)
         folders[arch] = folder
     return folders
+
+
+@pytest.fixture(scope="session")
+def examples(tiny_models):
+    """Sixteen demo training examples of mixed lengths (short bool_q answers, long xsum summaries)."""
+    from lora_lightning import FlanDataModule
+
+    dm = FlanDataModule(
+        tasks=["bool_q", "common_gen", "xsum"], tokenizer=str(tiny_models["llama"]), cache_dir=None, max_length=256
+    )
+    dm.setup("fit")
+    return [dm.train_set[i] for i in range(0, 176, 11)], dm.tokenizer.pad_token_id
 
 
 def run_cli(

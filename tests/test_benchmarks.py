@@ -71,7 +71,7 @@ def test_option_variants_run(real_rows, tiny_models, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "variants.md").read_text()
     options = ("default", "fp32 (32-true", "float32 base", "old head", "full-logits head", "gradient checkpointing")
-    for option in options:
-        assert f"| {option}" in table  # (compile is left out of smoke runs: it takes minutes)
+    for option in (*options, "eager (model.compile false)"):
+        assert f"| {option}" in table
     assert "packing" in table  # a row, or the line saying this version has no data.packing
     assert f"from {SHARED_DATA}" in table  # the real rows

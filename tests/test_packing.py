@@ -21,16 +21,6 @@ from lora_lightning.model.packing import check_packing
 CONFIG = str(REPO / "configs" / "default.yaml")
 
 
-@pytest.fixture(scope="module")
-def examples(tiny_models):
-    """Sixteen demo training examples of mixed lengths (short bool_q answers, long xsum summaries)."""
-    dm = FlanDataModule(
-        tasks=["bool_q", "common_gen", "xsum"], tokenizer=str(tiny_models["llama"]), cache_dir=None, max_length=256
-    )
-    dm.setup("fit")
-    return [dm.train_set[i] for i in range(0, 176, 11)], dm.tokenizer.pad_token_id
-
-
 def lora_module(folder, attn="sdpa", completion_only_head=True):
     torch.manual_seed(0)
     module = LoRAModule(model_name=str(folder), lora_r=4, lora_dropout=0.0, completion_only_head=completion_only_head)

@@ -1,8 +1,8 @@
 """The model a LoRAModule trains: the base loaded, then LoRA added (or a trained adapter attached).
 
 One function, so that the module's ``configure_model`` reads as what happens and the switches that
-change the model (base dtype, gradient checkpointing, ``torch.compile``) sit next to where the model
-is made.
+change the model (base dtype, gradient checkpointing, NEFTune) sit next to where the model is made.
+(``torch.compile`` is applied by ``configure_model`` for ``fit`` only: model.compiling.)
 
 With LoRA the frozen base is loaded in half precision when the Trainer computes in it
 (``base_dtype: auto``: bfloat16 under ``bf16-mixed``/``bf16-true``, float16 under ``16-mixed``), so
@@ -27,7 +27,6 @@ from lora_lightning.errors import UserInputError
 from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
 from lora_lightning.model.adapters import adapter_base, attach_adapter
 from lora_lightning.model.lora import RESIDUAL_INITS, apply_lora
-from lora_lightning.model.loss import unwrap_causal_lm
 from lora_lightning.model.neftune import add_neftune
 
 LORA_KEYS = (
@@ -108,8 +107,6 @@ def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[An
     trainable_to_float32(model)
     if hp.get("neftune_noise_alpha") is not None:
         add_neftune(model, hp["neftune_noise_alpha"])
-    if hp["compile"]:
-        unwrap_causal_lm(model).base_model.compile()  # in place: the peft wrapper and state dict keep their names
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     dtypes = f"frozen base in {dtype}, trained weights in float32" if lora else "float32"

@@ -20,6 +20,7 @@ from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL
 from lora_lightning.model.building import build_model
 from lora_lightning.model.checkpointing import TrainableCheckpointing
+from lora_lightning.model.compiling import compile_blocks
 from lora_lightning.model.generation import generate
 from lora_lightning.model.lora import check_lora_settings
 from lora_lightning.model.loss import sequence_losses
@@ -71,7 +72,9 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             input embeddings, in training steps only (validation, test, predict and generation see
             none); null: off. The paper uses 5 to 15.
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
-        compile: ``torch.compile`` the transformer body (slower first steps, then faster kernels).
+        compile: ``torch.compile`` each decoder block for training steps (``fit`` only; evaluation and
+            generation run eager): much less activation memory and faster steps, after about half a
+            minute of compiling at the first step. On in ``configs/default.yaml``.
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         base_dtype: dtype of the frozen base weights with LoRA; ``auto``: bfloat16 under ``bf16-mixed``/``bf16-true``,
             float16 under ``16-mixed``, else float32. The adapter and its optimizer state stay float32.
@@ -150,8 +153,11 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             return
         self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision)
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
-        if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        if self.device_mesh is not None and fitting:
             shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding
+        if self.hparams.compile and fitting:
+            compile_blocks(self.model, self.trainer.strategy.root_device.type)  # training steps: model.compiling
 
     @property
     def is_lora(self) -> bool:

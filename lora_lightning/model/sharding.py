@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lora_lightning.errors import UserInputError
-from lora_lightning.model.loss import SHARDED_LOSS, compute_token_losses, unwrap_causal_lm
+from lora_lightning.model.blocks import decoder_blocks
+from lora_lightning.model.loss import SHARDED_LOSS, compute_token_losses
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -68,24 +68,11 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def decoder_blocks(model: Any) -> list[torch.nn.Module]:
-    """The model's repeated decoder blocks, by the class names transformers marks as never split."""
-    hf = unwrap_causal_lm(model)
-    names = set(getattr(hf, "_no_split_modules", None) or ())
-    blocks = [m for m in hf.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise UserInputError(
-            f"cannot find the decoder blocks of {type(hf).__name__} to shard (its _no_split_modules is "
-            f"{sorted(names) or 'empty'}); train it with configs/ddp.yaml instead of configs/fsdp.yaml"
-        )
-    return blocks
-
-
 def shard_model(model: Any, mesh: Any) -> None:
     """Shards ``model`` in place over ``mesh``: each decoder block, then the root (see the module docstring)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    for block in decoder_blocks(model):
+    for block in decoder_blocks(model, "train it with configs/ddp.yaml instead of configs/fsdp.yaml"):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)  # FSDP2 keeps a root gathered unless told
     setattr(model, SHARDED_LOSS, functools.partial(compute_token_losses, model))

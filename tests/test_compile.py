@@ -1,0 +1,114 @@
+"""``model.compile``: decoder blocks compiled for training steps give the eager loss and gradients.
+
+The tests elsewhere run with ``TORCH_COMPILE_DISABLE=1`` (conftest: compiling a tiny model costs more
+than it runs); these turn it back on. Compiled and eager steps are compared in float32 with every
+dropout at 0, on packed batches of changing shape (compiled once, with dynamic shapes), on GPT-2,
+GPT-NeoX and Llama; evaluation and generation stay eager; the CLI's default config compiles.
+"""
+
+import os
+
+import pytest
+import torch
+from conftest import ARCHS, REPO, run_cli
+from safetensors.torch import load_file
+from test_packing import lora_module, loss_and_grads
+
+from lora_lightning.data.tokenization import PackingCollator
+from lora_lightning.model import compiling
+from lora_lightning.model.compiling import TrainingCompiled, compile_blocks
+
+
+@pytest.fixture
+def dynamo_on():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(disable=False):
+        yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
+def captured(counters) -> int:
+    return sum(counters["stats"].values()) + sum(counters["frames"].values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiled_training_step_equals_eager(arch, tiny_models, examples, dynamo_on):
+    rows, pad = examples
+    batches = [PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])]
+    assert batches[0]["input_ids"].shape != batches[1]["input_ids"].shape  # the compiled graph must not care
+    module = lora_module(tiny_models[arch])
+    for m in module.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # training mode (what compiles), the same computation both ways
+    module.model.train()
+    eager = [loss_and_grads(module, b) for b in batches]
+
+    assert compile_blocks(module.model, "cpu") == 2
+    before = captured(dynamo_on)
+    compiled = [loss_and_grads(module, b) for b in batches]
+    assert captured(dynamo_on) > before  # dynamo really ran
+    for (sums, counts, grads), (csums, ccounts, cgrads) in zip(eager, compiled):
+        assert torch.equal(counts, ccounts)
+        torch.testing.assert_close(csums, sums, rtol=1e-5, atol=1e-5)
+        assert grads.keys() == cgrads.keys() and any("lora_A" in n for n in grads)
+        for name in grads:
+            torch.testing.assert_close(cgrads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    module.model.eval()  # evaluation and generation: the eager forward, nothing traced
+    after = captured(dynamo_on)
+    with torch.no_grad():
+        module.completion_loss(batches[0])
+        module.model.generate(torch.tensor([rows[0]["input_ids"][:5]]), max_new_tokens=3, do_sample=False)
+    assert captured(dynamo_on) == after
+
+
+def test_compile_blocks_is_idempotent_and_keeps_names(tiny_models):
+    module = lora_module(tiny_models["llama"])
+    names = list(module.model.state_dict())
+    compile_blocks(module.model, "cpu")
+    compile_blocks(module.model, "cpu")
+    blocks = [m for m in module.model.modules() if isinstance(m.__dict__.get("forward"), TrainingCompiled)]
+    assert len(blocks) == 2 and all(not isinstance(b.forward.eager, TrainingCompiled) for b in blocks)
+    assert list(module.model.state_dict()) == names  # the adapter exports as before
+
+
+def test_without_a_cpp_compiler_training_runs_eager(tiny_models, monkeypatch):
+    module = lora_module(tiny_models["llama"])
+    monkeypatch.setattr(compiling, "has_cpp_compiler", lambda: False)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler found"):
+        assert compile_blocks(module.model, "cpu") == 0
+    assert not any(isinstance(m.__dict__.get("forward"), TrainingCompiled) for m in module.model.modules())
+
+
+def test_default_config_compiles_the_fit(tiny_models, tmp_path):
+    """``lora-lightning fit --config configs/default.yaml`` as a user runs it, compiling on."""
+    env_disable = os.environ.pop("TORCH_COMPILE_DISABLE", None)
+    try:
+        done = run_cli(
+            "fit",
+            "--config",
+            str(REPO / "configs" / "default.yaml"),
+            "--model.model_name",
+            str(tiny_models["llama"]),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.precision",
+            "32-true",
+            "--data.max_examples_per_task",
+            "8",
+            "--data.max_val_examples_per_task",
+            "4",
+            "--data.batch_size",
+            "4",
+        )
+    finally:
+        if env_disable is not None:
+            os.environ["TORCH_COMPILE_DISABLE"] = env_disable
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model.compile: 2 decoder blocks compiled for training steps" in done.stdout + done.stderr
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")  # validated eager, then exported
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # the compiled steps trained it
