@@ -16,6 +16,7 @@ from test_packing import lora_module, loss_and_grads
 
 from lora_lightning.data.tokenization import PackingCollator
 from lora_lightning.model import compiling
+from lora_lightning.model.blocks import decoder_blocks
 from lora_lightning.model.compiling import TrainingCompiled, compile_blocks
 
 
@@ -112,3 +113,14 @@ def test_default_config_compiles_the_fit(tiny_models, tmp_path):
     assert "model.compile: 2 decoder blocks compiled for training steps" in done.stdout + done.stderr
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")  # validated eager, then exported
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # the compiled steps trained it
+
+
+def test_blocks_found_after_fsdp2_renames_their_class(tiny_models):
+    """FSDP2's fully_shard swaps a block's class for an ``FSDP<name>`` subclass; compiling after sharding
+    (configs/fsdp.yaml with model.compile) must still find the blocks."""
+    module = lora_module(tiny_models["llama"])
+    for block in decoder_blocks(module.model, "-"):
+        cls = type(block)
+        block.__class__ = type(f"FSDP{cls.__name__}", (cls,), {})
+    assert [type(b).__name__ for b in decoder_blocks(module.model, "-")] == ["FSDPLlamaDecoderLayer"] * 2
+    assert compile_blocks(module.model, "cpu") == 2

@@ -18,7 +18,8 @@ def decoder_blocks(model: Any, instead: str) -> list[torch.nn.Module]:
     """The model's decoder blocks; ``instead`` (what to do when it has none) ends the error."""
     hf = unwrap_causal_lm(model)
     names = set(getattr(hf, "_no_split_modules", None) or ())
-    blocks = [m for m in hf.modules() if type(m).__name__ in names]
+    # by any class in the MRO: FSDP2 turns a sharded LlamaDecoderLayer into an FSDPLlamaDecoderLayer subclass
+    blocks = [m for m in hf.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not blocks:
         raise UserInputError(
             f"cannot find the decoder blocks of {type(hf).__name__} (its _no_split_modules is "
