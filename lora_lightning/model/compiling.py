@@ -4,8 +4,8 @@ Why it is on in ``configs/default.yaml``: inductor fuses a block's pointwise wor
 activations, LoRA dropout and scaling) into few kernels, and its partitioner keeps for backward only
 what is dear to recompute, so a training step holds far fewer and smaller activations: on the bench
 workload (SmolLM2-135M, batch 8, bf16-mixed, CPU) peak RSS 2.4 GB instead of 3.5 GB at the same
-tokens/s or better (numbers and dates in docs/performance.md). The price is the first step: about
-half a minute of compiling on a 2-core CPU (inductor caches what it built, so later runs start sooner).
+tokens/s (numbers and dates in docs/performance.md). The price is the first step: up to
+a minute of compiling on a 2-core CPU (inductor caches what it built, so later runs start sooner).
 
 Why blocks: the blocks of a model share one code path, so dynamo traces and compiles it once for all
 of them, with dynamic shapes (packed rows change length every batch; one graph serves every

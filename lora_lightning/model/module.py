@@ -73,7 +73,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             none); null: off. The paper uses 5 to 15.
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
         compile: ``torch.compile`` each decoder block for training steps (``fit`` only; evaluation and
-            generation run eager): much less activation memory and faster steps, after about half a
+            generation run eager): much less activation memory and the same speed, after under a
             minute of compiling at the first step. On in ``configs/default.yaml``.
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         base_dtype: dtype of the frozen base weights with LoRA; ``auto``: bfloat16 under ``bf16-mixed``/``bf16-true``,
