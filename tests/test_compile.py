@@ -6,8 +6,6 @@ dropout at 0, on packed batches of changing shape (compiled once, with dynamic s
 GPT-NeoX and Llama; evaluation and generation stay eager; the CLI's default config compiles.
 """
 
-import os
-
 import pytest
 import torch
 from conftest import ARCHS, REPO, run_cli
@@ -83,32 +81,18 @@ def test_without_a_cpp_compiler_training_runs_eager(tiny_models, monkeypatch):
     assert not any(isinstance(m.__dict__.get("forward"), TrainingCompiled) for m in module.model.modules())
 
 
-def test_default_config_compiles_the_fit(tiny_models, tmp_path):
+def test_default_config_compiles_the_fit(tiny_models, tmp_path, monkeypatch):
     """``lora-lightning fit --config configs/default.yaml`` as a user runs it, compiling on."""
-    env_disable = os.environ.pop("TORCH_COMPILE_DISABLE", None)
-    try:
-        done = run_cli(
-            "fit",
-            "--config",
-            str(REPO / "configs" / "default.yaml"),
-            "--model.model_name",
-            str(tiny_models["llama"]),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.precision",
-            "32-true",
-            "--data.max_examples_per_task",
-            "8",
-            "--data.max_val_examples_per_task",
-            "4",
-            "--data.batch_size",
-            "4",
-        )
-    finally:
-        if env_disable is not None:
-            os.environ["TORCH_COMPILE_DISABLE"] = env_disable
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE")
+    done = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "default.yaml"),
+        *("--model.model_name", str(tiny_models["llama"]), "--trainer.default_root_dir", str(tmp_path)),
+        *("--trainer.max_epochs", "1", "--trainer.precision", "32-true", "--data.batch_size", "4"),
+        *("--data.max_examples_per_task", "8", "--data.max_val_examples_per_task", "4"),
+        *("--data.cache_dir", str(tmp_path / "cache")),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "model.compile: 2 decoder blocks compiled for training steps" in done.stdout + done.stderr
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")  # validated eager, then exported
