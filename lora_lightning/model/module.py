@@ -153,10 +153,9 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             return
         self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision)
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
-        fitting = self.trainer.state.fn == TrainerFn.FITTING
-        if self.device_mesh is not None and fitting:
+        if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
             shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding
-        if self.hparams.compile and fitting:
+        if self.hparams.compile and self.trainer.state.fn == TrainerFn.FITTING:
             compile_blocks(self.model, self.trainer.strategy.root_device.type)  # training steps: model.compiling
 
     @property
