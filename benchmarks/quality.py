@@ -1,0 +1,360 @@
+"""Does LoRA learn as well as full fine-tuning? Real rows, one budget, rows never trained on (``make quality``).
+
+The data: real rows of ``../shared/data`` in their Hub column layout (bool_q, paws: classification;
+common_gen, xsum: generation). Each task's rows are split once, seeded, into a training file and a
+held-out file (common_gen by concept set, so no held-out concept set is ever trained on). They reach
+the project as a user's local files do (``--data.data_files {task: {train: ..., validation: ...}}``),
+so the project makes its own splits: the held-out file is the task's validation split, which the
+project scores as its evaluation rows, and the selection rows (``val/loss``, the best adapter, the
+full-fine-tuning learning rate) are carved by the project from the training rows. Nothing the
+results table scores was trained on or chose anything.
+
+Every arm is ``lora-lightning fit`` then ``lora-lightning test`` in a fresh process, with
+``configs/default.yaml`` and the same data, epochs, batch size and sequence length: the same
+optimizer steps over the same tokens. Only the recipe differs:
+
+* ``base``: the model as shipped (the base column of the LoRA arm's ``test``);
+* ``full``: every weight trained (``model.lora false``), its learning rate the best selection loss
+  over ``--full-lrs`` (each tried arm is listed; only the chosen one is tested);
+* ``lora``: the default recipe (``configs/default.yaml`` as it is);
+* variants: ``all_linear`` (every linear layer), ``r64`` (rank 64, alpha 128), ``rslora``
+  (alpha / sqrt(r) scaling), ``lr10x`` (10x the chosen full-fine-tuning learning rate, as
+  "LoRA Without Regret" advises), ``all_linear_lr10x`` (both).
+
+It prints one table: every task's metrics per arm (accuracies with a 95% Wilson interval and the
+number of rows), then each LoRA arm's share of full fine-tuning's gain over the base per metric,
+``(arm - base) / (full - base)``, and its median over the metrics (perplexity is left out: it is the
+loss again). A metric full fine-tuning does not move (``|full - base|`` below ``MIN_GAIN``) gets no
+share. Results go to ``--out`` (``quality.md`` and ``quality.json``).
+
+    python benchmarks/quality.py                # make quality: the budget below, about an hour on 2 CPU cores
+    python benchmarks/quality.py --quick        # minutes: few rows, lora and one full learning rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+CONFIG = REPO / "configs" / "default.yaml"
+
+TASKS = ("bool_q", "common_gen", "xsum", "paws")
+GROUP_COLUMN = {"common_gen": "concept_set_idx"}  # rows sharing it are one example in evaluation
+HELD_OUT = {"bool_q": 100, "paws": 100, "xsum": 40, "common_gen": 20}  # rows (common_gen: concept sets)
+QUICK_HELD_OUT = {"bool_q": 20, "paws": 20, "xsum": 6, "common_gen": 5}
+QUICK_TRAIN = 24  # training rows per task in --quick
+
+ARMS: dict[str, list[str]] = {
+    "lora": [],
+    "all_linear": ["--model.target_modules", "all-linear"],
+    "r64": ["--model.lora_r", "64", "--model.lora_alpha", "128"],
+    "rslora": ["--model.use_rslora", "true"],
+    "lr10x": [],  # the learning rate is filled in from the chosen full-fine-tuning rate
+    "all_linear_lr10x": ["--model.target_modules", "all-linear"],
+}
+FULL_LRS = (3e-5, 1e-4, 3e-4)
+LOWER_IS_BETTER = {"loss", "perplexity"}
+LEFT_OUT_OF_SHARE = {"perplexity"}
+ACCURACIES = {"accuracy_rank", "accuracy_exact"}
+MIN_GAIN = 1e-6
+"""A metric whose full-fine-tuning gain is smaller than this has no share (a ratio of noise)."""
+
+
+# -- arithmetic (tested in tests/test_quality_table.py) -----------------------------------------
+
+
+def wilson_interval(percent: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval, in percent, of an accuracy of ``percent`` over ``n`` rows."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = percent / 100
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+def gain_share(arm: float, base: float, full: float) -> float | None:
+    """``(arm - base) / (full - base)``: 1.0 is full fine-tuning's gain, 0 the base's; None when full
+    fine-tuning does not move the metric. The same formula for lower-is-better metrics (both
+    differences are negative when both improve)."""
+    if any(math.isnan(v) for v in (arm, base, full)) or abs(full - base) < MIN_GAIN:
+        return None
+    return (arm - base) / (full - base)
+
+
+def shares(results: Mapping[str, Mapping[str, Mapping[str, float]]], arm: str) -> dict[tuple[str, str], float | None]:
+    """``{(task, metric): share}`` of ``arm`` for every metric the base, full and the arm all have."""
+    out = {}
+    for task, metrics in results["base"].items():
+        for metric, base in metrics.items():
+            if metric in LEFT_OUT_OF_SHARE:
+                continue
+            try:
+                full, value = results["full"][task][metric], results[arm][task][metric]
+            except KeyError:
+                continue
+            out[(task, metric)] = gain_share(value, base, full)
+    return out
+
+
+def median_share(values: Mapping[tuple[str, str], float | None]) -> float | None:
+    defined = [v for v in values.values() if v is not None]
+    return statistics.median(defined) if defined else None
+
+
+def cell(metric: str, value: float | None, n: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if metric in ACCURACIES and n:
+        low, high = wilson_interval(value, n)
+        return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{value:.4f}" if metric == "loss" else f"{value:.2f}"
+
+
+def results_table(
+    results: Mapping[str, Mapping[str, Mapping[str, float]]], rows_scored: Mapping[str, int], arms: Sequence[str]
+) -> str:
+    """The markdown table: one line per task and metric, one column per arm; then the shares."""
+    columns = ["base", "full", *[a for a in arms if a in results and a not in ("base", "full")]]
+    lines = ["| task | metric | rows | " + " | ".join(columns) + " |", "|" + " --- |" * (3 + len(columns))]
+    for task, metrics in results["base"].items():
+        for metric in metrics:
+            values = [results[c].get(task, {}).get(metric) for c in columns]
+            n = rows_scored.get(task)
+            lines.append(f"| {task} | {metric} | {n} | " + " | ".join(cell(metric, v, n) for v in values) + " |")
+    lora_arms = [c for c in columns if c not in ("base", "full")]
+    if "full" not in results or not lora_arms:
+        return "\n".join(lines) + "\n"
+    per_arm = {arm: shares(results, arm) for arm in lora_arms}
+    keys = list(next(iter(per_arm.values())))
+    lines += ["", "Share of full fine-tuning's gain over the base, (arm - base) / (full - base):", ""]
+    lines += ["| task | metric | " + " | ".join(lora_arms) + " |", "|" + " --- |" * (2 + len(lora_arms))]
+    for task, metric in keys:
+        values = [per_arm[a].get((task, metric)) for a in lora_arms]
+        lines.append(f"| {task} | {metric} | " + " | ".join(percent(v) for v in values) + " |")
+    medians = [percent(median_share(per_arm[a])) for a in lora_arms]
+    lines.append("| **median** | | " + " | ".join(f"**{m}**" for m in medians) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def split_rows(task: str, rows: list[dict], held_out: int, seed: int, train_cap: int | None = None):
+    """(train, held-out) rows of one task: seeded, by group where the task has groups (``held_out``
+    then counts groups), so no held-out group shares a row with training."""
+    column = GROUP_COLUMN.get(task)
+    keys = list(dict.fromkeys(str(r[column]) if column else str(i) for i, r in enumerate(rows)))
+    random.Random(f"{seed}:{task}").shuffle(keys)
+    held = set(keys[:held_out])
+    key_of = [str(r[column]) if column else str(i) for i, r in enumerate(rows)]
+    train = [r for r, k in zip(rows, key_of) if k not in held]
+    test = [r for r, k in zip(rows, key_of) if k in held]
+    return (train[:train_cap] if train_cap else train), test
+
+
+def write_data(out: Path, quick: bool, seed: int) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """Writes each task's train.jsonl and validation.jsonl under ``out``; returns data_files and the
+    training rows per task."""
+    files, trained = {}, {}
+    for task in TASKS:
+        source = SHARED / f"{task}.jsonl"
+        if not source.is_file():
+            sys.exit(f"quality.py needs {source} (real rows of ../shared/data); it is not there")
+        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        held = (QUICK_HELD_OUT if quick else HELD_OUT)[task]
+        train, test = split_rows(task, rows, held, seed, QUICK_TRAIN if quick else None)
+        folder = out / "data" / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, part in (("train", train), ("validation", test)):
+            (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+        files[task] = {"train": str(folder / "train.jsonl"), "validation": str(folder / "validation.jsonl")}
+        trained[task] = len(train)
+    return files, trained
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def cli(*args: str, log: Path) -> float:
+    """Runs ``lora-lightning ARGS`` as a user does, output to ``log``; returns the wall seconds."""
+    start = time.monotonic()
+    with open(log, "w") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "lora_lightning", *args], stdout=f, stderr=subprocess.STDOUT, cwd=REPO
+        )
+    if done.returncode != 0:
+        sys.exit(f"lora-lightning {args[0]} failed (exit {done.returncode}); see {log}")
+    return time.monotonic() - start
+
+
+def common_args(data_files: Mapping, args: argparse.Namespace, root: Path) -> list[str]:
+    return [
+        "--config",
+        str(CONFIG),
+        "--data.data_files",
+        json.dumps(data_files),
+        "--data.tasks",
+        json.dumps(list(TASKS)),
+        "--data.eval_examples_per_task",
+        "1000",
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.default_root_dir",
+        str(root),
+        "--model.compile",
+        "false" if args.quick else "true",
+    ]
+
+
+def best_val_loss(folder: Path) -> float:
+    return float(json.loads((folder / "training_history.json").read_text())["best_val_loss"])
+
+
+def read_results(csv_path: Path, column: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["task"], {})[row["metric"]] = float(row[column])
+    return out
+
+
+def run_arm(name: str, extra: list[str], base_args: list[str], root: Path, full: bool) -> dict:
+    """fit then test one arm; its metrics (and the base's, for a LoRA arm) and timings."""
+    root.mkdir(parents=True, exist_ok=True)
+    fit_s = cli("fit", *base_args, *extra, log=root / "fit.log")
+    folder = root / ("model" if full else "adapter")
+    record = {"arm": name, "args": extra, "fit_s": round(fit_s, 1), "best_val_loss": best_val_loss(folder)}
+    return record
+
+
+def test_arm(record: dict, base_args: list[str], root: Path, full: bool) -> None:
+    if full:
+        test_args = ["--model.lora", "false", "--model.model_name", str(root / "model")]
+    else:
+        test_args = ["--model.adapter", str(root / "adapter")]
+    record["test_s"] = round(cli("test", *base_args, *test_args, log=root / "test.log"), 1)
+    results = root / "eval_results.csv"
+    record["metrics"] = read_results(results, "model" if full else "adapter")
+    if not full:
+        record["base_metrics"] = read_results(results, "base")
+
+
+def rows_scored(test_log: Path) -> dict[str, int]:
+    """Rows per task from the results table's title line (``bool_q 100 (validation); ...``)."""
+    for line in test_log.read_text().splitlines():
+        if "Evaluation rows never used" in line:
+            parts = line.split("):", 1)[1].split(";")
+            return {p.split()[0]: int(p.split()[1]) for p in parts if p.strip()}
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="minutes: few rows, lora and one full rate")
+    parser.add_argument("--arms", nargs="*", default=None, help=f"LoRA arms among {', '.join(ARMS)}")
+    parser.add_argument("--full-lrs", nargs="*", type=float, default=None, help="full fine-tuning rates to try")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(REPO / "checkpoints" / "quality"))
+    args = parser.parse_args()
+    arms = args.arms or (["lora"] if args.quick else list(ARMS))
+    full_lrs = args.full_lrs or ([1e-4] if args.quick else list(FULL_LRS))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_files, trained = write_data(out, args.quick, args.seed)
+    started = time.monotonic()
+
+    def arm_args(root: Path) -> list[str]:
+        return common_args(data_files, args, root)
+
+    records, fulls = {}, []
+    for lr in full_lrs:
+        root = out / f"full_lr{lr:g}"
+        print(f"full fine-tuning, learning rate {lr:g} ...", flush=True)
+        rec = run_arm(
+            f"full lr {lr:g}",
+            ["--model.lora", "false", "--model.learning_rate", str(lr)],
+            arm_args(root),
+            root,
+            full=True,
+        )
+        rec["lr"], rec["root"] = lr, root
+        fulls.append(rec)
+        print(f"  best selection loss {rec['best_val_loss']:.4f} ({rec['fit_s']:.0f} s)", flush=True)
+    chosen = min(fulls, key=lambda r: r["best_val_loss"])
+    test_arm(chosen, arm_args(chosen["root"]), chosen["root"], full=True)
+    records["full"] = chosen
+    for name in arms:
+        extra = list(ARMS[name])
+        if name.endswith("lr10x"):
+            extra += ["--model.learning_rate", f"{10 * chosen['lr']:g}"]
+        root = out / name
+        print(f"LoRA arm {name} {' '.join(extra)} ...", flush=True)
+        base_args = arm_args(root)
+        rec = run_arm(name, extra, base_args, root, full=False)
+        test_arm(rec, base_args, root, full=False)
+        records[name] = rec
+        print(f"  best selection loss {rec['best_val_loss']:.4f} ({rec['fit_s']:.0f} s fit)", flush=True)
+    first_lora = records[arms[0]]
+    results = {"base": first_lora["base_metrics"], "full": chosen["metrics"]}
+    results.update({name: records[name]["metrics"] for name in arms})
+    counts = rows_scored(out / arms[0] / "test.log")
+    table = results_table(results, counts, arms)
+    report = render_report(args, trained, counts, fulls, chosen, records, arms, table, time.monotonic() - started)
+    (out / "quality.md").write_text(report)
+    (out / "quality.json").write_text(
+        json.dumps({"results": results, "rows": counts, "trained": trained, "runs": strip(records, fulls)}, indent=1)
+    )
+    print(report)
+
+
+def strip(records: Mapping[str, dict], fulls: Sequence[dict]) -> dict:
+    keep = ("arm", "args", "fit_s", "test_s", "best_val_loss", "lr")
+    return {
+        "arms": {k: {f: v for f, v in r.items() if f in keep} for k, r in records.items()},
+        "full_grid": [{f: v for f, v in r.items() if f in keep} for r in fulls],
+    }
+
+
+def render_report(args, trained, counts, fulls, chosen, records, arms, table, seconds) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    grid = ", ".join(f"{r['lr']:g}: {r['best_val_loss']:.4f}" for r in fulls)
+    timing = "; ".join(f"{name} fit {r['fit_s']:.0f} s, test {r.get('test_s', 0):.0f} s" for name, r in records.items())
+    lines = [
+        f"## make quality{' --quick' if args.quick else ''} ({date.today().isoformat()}, commit "
+        f"{commit.stdout.strip() or '?'}, {platform.machine()}, {os.cpu_count()} cores)",
+        "",
+        f"Training rows per task: {', '.join(f'{t} {n}' for t, n in trained.items())} (the project carves its "
+        f"selection rows from them); {args.epochs} epoch(s) of configs/default.yaml for every arm: the same "
+        "optimizer steps over the same tokens.",
+        f"Evaluation rows (never trained on, never used for selection): "
+        f"{', '.join(f'{t} {n}' for t, n in counts.items())}; accuracies with a 95% Wilson interval.",
+        f"Full fine-tuning learning rate chosen on the selection loss: {chosen['lr']:g} (grid {grid}).",
+        f"Time: {timing}; {seconds / 60:.1f} min in all.",
+        "",
+        table,
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
