@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lora_lightning.atomic_write import atomic_folder
+from lora_lightning.atomic_write import atomic_folder, check_writable_folder
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, load_tokenizer
 from lora_lightning.model.adapters import load_lora_model
@@ -33,12 +33,16 @@ def merge_adapter(
     overwrite: bool = False,
     base_cache_dir: str = DEFAULT_BASE_CACHE,
 ) -> float:
-    """Merges, checks and saves; returns the largest logit difference found by the check."""
+    """Merges, checks and saves; returns the largest logit difference found by the check.
+
+    A non-empty ``output`` that this project did not write is refused unless ``overwrite``;
+    the current directory, its ancestors and a checkout are refused always
+    (:func:`~lora_lightning.atomic_write.check_writable_folder`)."""
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MergeError(
-            f"output folder {str(output)!r} exists and is not empty; pass --overwrite true or another --output"
-        )
+    try:  # before any model is loaded: a refused output costs nothing
+        check_writable_folder(output, overwrite, "--overwrite true")
+    except UserInputError as err:
+        raise MergeError(str(err)) from None
     model = load_lora_model(base, adapter, base_cache_dir=base_cache_dir)
     tokenizer = load_tokenizer(str(adapter))
     tokenizer.padding_side = "right"
@@ -51,7 +55,7 @@ def merge_adapter(
     diff = float((expected - got).abs()[mask].max())
     if diff > atol:
         raise MergeError(f"merged logits differ from base + adapter by {diff:.2e} > atol {atol:g}; nothing written")
-    with atomic_folder(output) as tmp:
+    with atomic_folder(output, overwrite, "--overwrite true") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return diff
