@@ -7,14 +7,15 @@ from typing import Any
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lora_lightning.model.generation import generate
+from lora_lightning.model.generation import generate, prompt_budget
 from lora_lightning.model.sharding import is_sharded
 
 
 class GenerationSamples(Callback):
     """At the end of each validation during ``fit``: greedy completions of the first
     ``samples_per_task`` held-out examples of every task, as a text table (prompt, reference,
-    output) under ``samples/<task>`` in TensorBoard.
+    output) under ``samples/<task>`` in TensorBoard. Prompts are shortened as ``test`` shortens them
+    (within ``max_length`` and the model's context, leaving room for the task's ``max_new_tokens``).
 
     Args:
         samples_per_task: Examples per task to generate for (0 turns this off).
@@ -50,6 +51,7 @@ class GenerationSamples(Callback):
                 [e["prompt"] for e in examples],
                 budget,
                 prompt_format=pl_module.prompt_format,
+                max_prompt_tokens=prompt_budget(pl_module.hparams.max_length, budget),
             )
             table = ["| prompt | reference | output |", "| --- | --- | --- |"]
             table += [

@@ -18,7 +18,7 @@ from typing import Any
 
 from lora_lightning.atomic_write import atomic_folder
 
-CACHE_VERSION = 2  # bump when the tokenization code changes what it produces
+CACHE_VERSION = 3  # bump when the tokenization code changes what it produces (3: long chat prompts keep the template)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -73,22 +73,81 @@ def encode_pairs(
 ) -> list[EncodedExample | None]:
     """Token ids for each rendered prompt then completion + EOS, within ``max_length``.
 
-    When too long, the prompt loses tokens from its start (the end of a FLAN prompt holds the
-    question and the options, right before the answer); the completion is never cut. An entry is
-    None when even the completion plus ``min_prompt_tokens`` of prompt does not fit. One tokenizer
-    call per side for the whole list, which is what makes it fast.
+    When too long, the prompt is shortened as :func:`encode_prompts` does (from the start of its
+    text: the end of a FLAN prompt holds the question and the options, right before the answer;
+    a chat template's turns stay whole); the completion is never cut. An entry is None when even
+    the completion plus ``min_prompt_tokens`` of prompt (in chat: plus the template) does not fit.
+    One tokenizer call per side for the whole list, which is what makes it fast.
     """
-    heads = [render_prompt(tokenizer, p, prompt_format) for p in prompts]
     tails = [render_completion(tokenizer, p, c, prompt_format) for p, c in zip(prompts, completions)]
-    # Plain text gets the tokenizer's own special tokens (BOS for Llama); a chat template writes its own.
-    prompt_ids = tokenizer(heads, add_special_tokens=prompt_format == "plain")["input_ids"]
-    completion_ids = tokenizer(tails, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    special = set(tokenizer.all_special_ids)
+    completion_ids = [end_with_eos(c, eos) for c in tokenizer(tails, add_special_tokens=False)["input_ids"]]
+    rooms = [max(max_length - len(c), 0) for c in completion_ids]
+    prompt_ids = encode_prompts(tokenizer, prompts, prompt_format, rooms)
     return [
-        fit_pair(p, end_with_eos(c, eos), max_length, min_prompt_tokens, special)
+        fit_pair(p, c, max_length, min_prompt_tokens) if p is not None else None
         for p, c in zip(prompt_ids, completion_ids)
     ]
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str], prompt_format: str, rooms: Sequence[int | None]
+) -> list[list[int] | None]:
+    """Token ids of each rendered prompt, at most its ``room`` (None: no limit); None when it cannot fit.
+
+    ``plain``: the ids are cut from the start, leading special tokens (BOS) kept. ``chat``: the user
+    content is cut from its start and the template rendered around what is left, so the system turn,
+    the role headers and the generation prompt stay (:func:`fit_chat_prompts`). One tokenizer call
+    for the whole list; only the prompts that are too long cost more.
+    """
+    heads = [render_prompt(tokenizer, p, prompt_format) for p in prompts]
+    # Plain text gets the tokenizer's own special tokens (BOS for Llama); a chat template writes its own.
+    ids: list[list[int] | None] = list(tokenizer(heads, add_special_tokens=prompt_format == "plain")["input_ids"])
+    if prompt_format == "plain":
+        special = set(tokenizer.all_special_ids)
+        return [
+            None if room is not None and room < 1 else cut_prompt(r, room or len(r), special)
+            for r, room in zip(ids, rooms)
+        ]
+    long = [i for i, (r, room) in enumerate(zip(ids, rooms)) if room is not None and len(r) > room]
+    if long:
+        fitted = fit_chat_prompts(tokenizer, [prompts[i] for i in long], [rooms[i] for i in long])
+        for i, row in zip(long, fitted):
+            ids[i] = row
+    return ids
+
+
+def fit_chat_prompts(tokenizer: Any, prompts: Sequence[str], rooms: Sequence[int]) -> list[list[int] | None]:
+    """Chat-template ids of each prompt within its room: the user content loses tokens from its start,
+    then the template is rendered around the rest; None when not one content token fits.
+
+    The template's own tokens are measured once (rendered around empty content); each result is
+    re-tokenized and checked, since a cut can tokenize differently next to the template, and cut
+    further by what it still exceeds, so every result is within its room exactly.
+    """
+    overhead = len(tokenizer(render_prompt(tokenizer, "", "chat"), add_special_tokens=False)["input_ids"])
+    contents = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    keep = [min(room - overhead, len(c)) for room, c in zip(rooms, contents)]
+    out: list[list[int] | None] = [None] * len(prompts)
+    pending = [i for i in range(len(prompts)) if keep[i] > 0]
+    while pending:
+        rendered = [
+            render_prompt(tokenizer, last_tokens_text(tokenizer, contents[i], keep[i]), "chat") for i in pending
+        ]
+        again = []
+        for i, row in zip(pending, tokenizer(rendered, add_special_tokens=False)["input_ids"]):
+            if len(row) <= rooms[i]:
+                out[i] = row
+            elif keep[i] - (len(row) - rooms[i]) > 0:
+                keep[i] -= len(row) - rooms[i]
+                again.append(i)
+        pending = again
+    return out
+
+
+def last_tokens_text(tokenizer: Any, ids: Sequence[int], keep: int) -> str:
+    """The text of the last ``keep`` ids, less a character the cut split in two (decoded as U+FFFD)."""
+    return tokenizer.decode(ids[len(ids) - keep :], clean_up_tokenization_spaces=False).lstrip("\ufffd")
 
 
 class CausalLMCollator:

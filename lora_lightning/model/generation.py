@@ -1,10 +1,12 @@
 """Generating completions from prompts, laid out as in training.
 
-The prompt is rendered in the adapter's format (:func:`~lora_lightning.prompts.render_prompt`),
-cut from the start like a training prompt (leading special tokens kept) when it is too long, and
-generation stops at any of the model's end ids: the tokenizer's EOS, which ends every trained
-completion, and the ``eos_token_id`` list of the model's ``generation_config`` (a chat model ends
-its turn with its own token).
+The prompt is rendered in the adapter's format (:func:`~lora_lightning.prompts.render_prompt`) and,
+when it is too long for the model's context minus ``max_new_tokens`` (or a caller's limit, such as
+what training saw), shortened as a training prompt is
+(:func:`~lora_lightning.data.tokenization.encode_prompts`: plain text from its start, a chat prompt's
+user content from its start with the template's turns kept whole). Generation stops at any of the
+model's end ids: the tokenizer's EOS, which ends every trained completion, and the ``eos_token_id``
+list of the model's ``generation_config`` (a chat model ends its turn with its own token).
 """
 
 from __future__ import annotations
@@ -14,9 +16,45 @@ from typing import Any
 
 import torch
 
-from lora_lightning.data.tokenization import cut_prompt
+from lora_lightning.data.tokenization import encode_prompts
+from lora_lightning.errors import UserInputError
 from lora_lightning.model.sharding import is_sharded
-from lora_lightning.prompts import render_prompt
+
+MIN_PROMPT_TOKENS = 8
+"""Prompt tokens a generation keeps under ``max_length`` however many tokens it may generate."""
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+"""Config keys that name a model's context (positions), in the order they are tried."""
+
+
+def context_length(model: Any) -> int | None:
+    """The most positions the model takes (prompt + generated tokens); None when its config names none."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prompt_budget(max_length: int, max_new_tokens: int) -> int:
+    """Most prompt tokens so that prompt + generation stays within ``max_length`` (what training saw),
+    but at least :data:`MIN_PROMPT_TOKENS`: a long generation still sees the end of its question."""
+    return max(max_length - max_new_tokens, MIN_PROMPT_TOKENS)
+
+
+def prompt_room(model: Any, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int | None:
+    """Most prompt tokens: the model's context minus ``max_new_tokens``, and ``max_prompt_tokens``;
+    None when neither limits it. A context that leaves no room is the user's setting to fix."""
+    context = context_length(model)
+    if context is None:
+        return max_prompt_tokens
+    if context - max_new_tokens < 1:
+        raise UserInputError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's {context} positions; lower it"
+        )
+    return context - max_new_tokens if max_prompt_tokens is None else min(context - max_new_tokens, max_prompt_tokens)
 
 
 def end_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -51,21 +89,26 @@ def generate(
 ) -> list[str]:
     """Completions for ``prompts``, batched with left padding; greedy when temperature is 0.
 
-    ``max_prompt_tokens`` cuts longer prompts from the start, as training does.
+    Prompts are shortened to fit the model's context minus ``max_new_tokens`` and, when given,
+    ``max_prompt_tokens`` (:func:`prompt_room`), as training shortens them.
     """
     device = next(model.parameters()).device
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     )
-    special = set(tokenizer.all_special_ids)
+    room = prompt_room(model, max_new_tokens, max_prompt_tokens)
     stop = end_ids(model, tokenizer)
     sharded = is_sharded(model)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        texts = [render_prompt(tokenizer, p, prompt_format) for p in prompts[start : start + batch_size]]
-        rows = tokenizer(texts, add_special_tokens=prompt_format == "plain")["input_ids"]
-        if max_prompt_tokens is not None:
-            rows = [cut_prompt(r, max_prompt_tokens, special) for r in rows]
+        batch = prompts[start : start + batch_size]
+        rows = encode_prompts(tokenizer, batch, prompt_format, [room] * len(batch))
+        if any(r is None for r in rows):
+            raise UserInputError(
+                f"the chat template alone does not fit in {room} prompt tokens (what the model's context or "
+                f"max_length leaves after max_new_tokens={max_new_tokens}); lower max_new_tokens, or use "
+                "prompt_format plain"
+            )
         enc = left_padded(rows, tokenizer.pad_token_id, device)
         out = model.generate(
             **enc,

@@ -1,5 +1,9 @@
 """Scoring a batch of evaluation examples with a model: completion loss, generation, rank classification.
 
+Everything is scored within ``max_length`` and the model's context: a longer prompt is shortened as
+in training (:func:`~lora_lightning.data.tokenization.encode_pairs`), and a generated answer's
+prompt leaves room for its ``max_new_tokens``.
+
 Rank classification is FLAN's: each option is scored by the log-probability of the option's tokens
 (and the EOS that ends every trained completion) after the prompt, and the highest wins. All
 options of all examples in a batch go through one forward pass.
@@ -13,7 +17,7 @@ from typing import Any
 import torch
 
 from lora_lightning.data.tokenization import CausalLMCollator, encode_pairs
-from lora_lightning.model.generation import generate
+from lora_lightning.model.generation import context_length, generate, prompt_budget
 from lora_lightning.model.loss import sequence_losses
 
 
@@ -66,7 +70,9 @@ def score_examples(
     model: Any, tokenizer: Any, examples: Sequence[dict], max_length: int, prompt_format: str = "plain"
 ) -> list[dict]:
     """Per example: loss sum and tokens of the reference completion, the generated text (up to the
-    example's ``max_new_tokens``), and for classification the rank-classified option."""
+    example's ``max_new_tokens``), and for classification the rank-classified option; all within
+    ``max_length`` and the model's context."""
+    max_length = min(max_length, context_length(model) or max_length)
     max_new_tokens = max(e["max_new_tokens"] for e in examples) if examples else 1
     prompts = [e["prompt"] for e in examples]
     nll, counts = completion_nll(
@@ -79,7 +85,7 @@ def score_examples(
         max_new_tokens=max_new_tokens,
         batch_size=len(prompts),
         prompt_format=prompt_format,
-        max_prompt_tokens=max(max_length - max_new_tokens, 8),
+        max_prompt_tokens=prompt_budget(max_length, max_new_tokens),
     )
     ranked = (
         rank_classify(model, tokenizer, prompts, [e["options"] for e in examples], max_length, prompt_format)
