@@ -5,9 +5,11 @@ scores from every rank (each example counted once: a distributed sampler's paddi
 dropped), computes each task's metrics, logs them (``test/<task>/<metric>``,
 ``test_base/<task>/<metric>``) and writes ``eval_results.md`` and ``.csv`` beside the adapter (or
 in the run folder). The table's title names the split each task was scored on and its row count:
-rows that neither trained the adapter nor picked it. A 0-shot score of an adapter folder also goes
-into that folder's model card (``README.md``, when this project wrote it): the table in its
-evaluation section and the adapter's values as the Hub's ``model-index`` metadata.
+rows that neither trained the adapter nor picked it, checked before scoring against the splits the
+adapter's ``training_history.json`` records (:mod:`lora_lightning.data.split_record`). A 0-shot
+score of an adapter folder also goes into that folder's model card (``README.md``, when this
+project wrote it): the table in its evaluation section and the adapter's values as the Hub's
+``model-index`` metadata.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lora_lightning.atomic_write import atomic_file
 from lora_lightning.distributed import gather_objects, unique_by
@@ -37,6 +39,25 @@ class EvaluationReport(Callback):
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """Before an adapter is scored: its evaluation rows must be those held out when it was
+        trained (the ``splits`` of its ``training_history.json``); otherwise one line and stop."""
+        adapter = pl_module.hparams.get("adapter")
+        dm = trainer.datamodule
+        if stage not in ("test", "validate") or not adapter or not hasattr(dm, "check_split_record"):
+            return
+        history = Path(adapter) / "training_history.json"
+        record = json.loads(history.read_text()).get("splits") if history.is_file() else None
+        if dm.check_split_record(record, str(adapter)):
+            rank_zero_info(
+                f"Evaluation rows checked: those held out when {adapter} was trained (training_history.json)"
+            )
+        else:
+            rank_zero_warn(
+                f"adapter {str(adapter)!r} does not record how its splits were made (trained by an older "
+                "version): make sure data.seed, val_fraction and the data are those it was trained with"
+            )
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         pl_module.scored = {}

@@ -11,8 +11,11 @@ A task's own splits are used where it has them: with a (labelled) test split, se
 validation split and evaluation its test split; with a validation split only, evaluation is that
 validation split (comparable to published numbers) and selection is ``val_fraction`` of the
 training rows; with training rows only, both are carved from them (``val_fraction`` each,
-seeded). Which split played which part is recorded (the adapter's ``training_history.json`` and
-the title of the results table).
+seeded). A task whose rows come in groups (``eval.group_by``: common_gen's concept sets, each with
+several reference sentences) is carved by group: ``val_fraction`` of its groups, so no selection or
+evaluation row shares its group with a training row. Which split played which part is recorded (the
+adapter's ``training_history.json`` and the title of the results table), and so is how the splits
+were made (:mod:`.split_record`): ``test`` with an adapter checks it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from lora_lightning.data.cache import cache_key, file_fingerprint, tokenizer_fin
 from lora_lightning.data.eval_examples import build_eval_examples
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
+from lora_lightning.data.split_record import SPLITS, iter_rows, rows_digest, split_mismatch
 from lora_lightning.data.tasks import TaskError, TaskSpec, load_task
 from lora_lightning.data.tokenization import IGNORE_INDEX, encode_pairs
 from lora_lightning.errors import UserInputError
@@ -123,7 +127,7 @@ def data_cache_key(
             "sources": sources,
             "settings": settings,
             "prompt_format": prompt_format,
-            "layout": 2,
+            "layout": 3,  # 3: the stats hold each split's rows digest (split_record)
         }
     )
 
@@ -148,6 +152,34 @@ class TaskSplits:
     names: dict[str, str]
 
 
+def carve_slices(task: TaskSpec, train: Any, carve: int, settings: DataSettings) -> tuple[list[Any], Any]:
+    """``carve`` seeded slices of ``val_fraction`` of a task's training rows, and the rest to train on.
+
+    Rows are held out by group when the task's rows come in groups (``eval.group_by``): a whole
+    group goes to one set, so no held-out row shares its group (common_gen: its concept set) with a
+    training row. Without groups each row is its own group."""
+    shuffled = train.shuffle(seed=settings.seed)
+    column = task.eval.group_by
+    if column and column.split(".")[0] not in shuffled.column_names:
+        raise TaskError(f"task {task.name!r}: rows have no column {column!r} (its eval.group_by)")
+    keys: list[Any] = (
+        [str(task.column_value(row, column)) for row in iter_rows(shuffled.select_columns(column.split(".")[0]))]
+        if column
+        else list(range(len(train)))
+    )
+    groups = list(dict.fromkeys(keys))  # in shuffled order
+    held = max(1, int(round(len(groups) * settings.val_fraction)))
+    if len(groups) < carve * held + 1:
+        counted = f"{len(train)} training rows" + (f" in {len(groups)} groups of {column}" if column else "")
+        raise UserInputError(
+            f"task {task.name!r} has {counted}, too few to hold out "
+            f"{carve} slice(s) of {held}; give it more rows or a validation split"
+        )
+    slot = {key: k for k in range(carve) for key in groups[k * held : (k + 1) * held]}
+    carved = [shuffled.select([i for i, key in enumerate(keys) if slot.get(key) == k]) for k in range(carve)]
+    return carved, shuffled.select([i for i, key in enumerate(keys) if key not in slot])
+
+
 def split_task(
     task: TaskSpec, files: Mapping[str, str] | None, settings: DataSettings, evaluation_only: bool = False
 ) -> TaskSplits:
@@ -170,15 +202,7 @@ def split_task(
     carve = 0 if have_val and have_test else 1 if have_val or have_test else 2  # slices to hold out of train
     carved: list[Any] = []
     if carve:
-        shuffled = train.shuffle(seed=settings.seed)
-        held = max(1, int(round(len(train) * settings.val_fraction)))
-        if len(train) < carve * held + 1:
-            raise UserInputError(
-                f"task {task.name!r} has {len(train)} training rows, too few to hold out "
-                f"{carve} slice(s) of {held}; give it more rows or a validation split"
-            )
-        carved = [shuffled.select(range(k * held, (k + 1) * held)) for k in range(carve)]
-        train = shuffled.select(range(carve * held, len(train)))
+        carved, train = carve_slices(task, train, carve, settings)
     carved_name = f"train ({100 * settings.val_fraction:g}% held out)"
     if have_test:
         evaluation, eval_name = splits["test"], "test"
@@ -291,6 +315,7 @@ def build_tokenized(
             "selection_split": p.names["selection"],
             "evaluation_split": p.names["evaluation"],
             "evaluation_rows": len(p.evaluation),
+            "split_rows": {split: rows_digest(getattr(p, split)) for split in SPLITS},
         }
     train = datasets.concatenate_datasets(train_parts)
     if len(train) == 0:
@@ -335,3 +360,26 @@ def evaluation_examples(
             for i, e in enumerate(examples)
         ]
     return out
+
+
+def check_split_record(
+    record: Mapping[str, Any] | None,
+    tasks: Sequence[TaskSpec],
+    files: Mapping[str, Mapping[str, str]],
+    settings: DataSettings,
+    unseen: Sequence[str],
+    adapter: str,
+) -> bool:
+    """Stops (one line) when the current settings would score other evaluation rows of a task than
+    those held out when ``adapter`` was trained (``record``: its ``training_history.json``'s
+    ``splits``); False when there is no record to check against."""
+    if not record or "tasks" not in record:
+        return False
+    for task in tasks:
+        if task.name not in record["tasks"]:
+            continue  # the adapter never trained on this task: none of its rows can have been seen
+        parts = split_task(task, files.get(task.name), settings, evaluation_only=task.name in unseen)
+        problem = split_mismatch(record, settings, files, task.name, rows_digest(parts.evaluation), adapter)
+        if problem is not None:
+            raise UserInputError(problem)
+    return True

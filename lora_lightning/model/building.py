@@ -7,7 +7,11 @@ change the model (base dtype, gradient checkpointing, NEFTune) sit next to where
 With LoRA the frozen base is loaded in half precision when the Trainer computes in it
 (``base_dtype: auto``: bfloat16 under ``bf16-mixed``/``bf16-true``, float16 under ``16-mixed``), so
 its weights take half the memory; what trains (the adapter, and any bias ``lora_bias`` opens) stays
-float32, and so do its gradients, the optimizer state and the exported adapter.
+float32, and so do its gradients, the optimizer state and the exported adapter. Under ``bf16-true``
+(``16-true``) Lightning casts the whole module to the half dtype; the LoRA weights go back to float32
+(``LoRAModule.to``: :func:`adapters_to_float32`) before the optimizer is made, so the adapter, its
+gradients, its AdamW state and the export are float32 there too, while a bias ``lora_bias`` opens
+trains in the half dtype (no autocast there to mix it with its half-precision layer).
 
 ``init_lora_weights`` ``pissa``/``olora`` rewrite the adapted base weights to the residual in the base
 dtype (peft computes it in float32 and casts back): under a half-precision base that residual is
@@ -25,9 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
-from lora_lightning.model.adapters import adapter_base, attach_adapter
+from lora_lightning.model.adapters import adapter_base
 from lora_lightning.model.lora import RESIDUAL_INITS, apply_lora
 from lora_lightning.model.neftune import add_neftune
+from lora_lightning.model.residual_base import attach_keeping_base
 
 LORA_KEYS = (
     "lora_r",
@@ -77,6 +82,18 @@ def trainable_to_float32(model: Any) -> None:
                     p.data = p.data.float()
 
 
+def adapters_to_float32(model: Any) -> None:
+    """Casts every adapter's weights (LoRA A/B, DoRA magnitudes) back to float32 with peft's own
+    helper, after a ``.to(half dtype)`` of the whole model: Lightning's ``bf16-true``/``16-true`` do
+    that. peft's LoRA layers cast their input to the adapter's dtype and the result back to the
+    base's, so the forward needs nothing else; other trained weights (biases ``lora_bias`` opens)
+    stay in the half dtype, as the base layers they belong to compute in it with no autocast."""
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    for name in getattr(model, "peft_config", {}):
+        cast_adapter_dtype(model, name)
+
+
 def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
     """``model`` with a fresh adapter from the LoRA keys; PiSSA/OLoRA changing the base is said once."""
     model = apply_lora(model, *(hp[k] for k in LORA_KEYS))
@@ -101,7 +118,7 @@ def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[An
     if hp["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hp["adapter"] is not None:
-        model = attach_adapter(model, hp["adapter"], trainable=True)
+        model = attach_keeping_base(model, hp["adapter"], trainable=True)  # PiSSA/OLoRA: the base kept for test
     elif hp["lora"]:
         model = new_lora(model, hp)
     trainable_to_float32(model)
