@@ -19,6 +19,7 @@ from lora_lightning.data.cache import load_cached, save_cached
 from lora_lightning.data.pipeline import (
     DataSettings,
     build_tokenized,
+    check_split_record,
     data_cache_key,
     describe_counts,
     evaluation_examples,
@@ -26,6 +27,7 @@ from lora_lightning.data.pipeline import (
 )
 from lora_lightning.data.sampling import ResumableLoader, ResumableSampler
 from lora_lightning.data.sources import collate_prompt_rows, read_prompt_rows
+from lora_lightning.data.split_record import split_record
 from lora_lightning.data.tokenization import CausalLMCollator, PackingCollator
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, tokenizer_source
@@ -166,8 +168,24 @@ class FlanDataModule(LightningDataModule):
         return evaluation_examples(self.task_specs + self.unseen_specs, self.files, self.settings, limit, unseen)
 
     def describe(self) -> dict[str, Any]:
-        """What an exported adapter records about its data (``training_history.json``)."""
-        return {"prompt_format": self.prompt_format, "mixing": self.hparams.mixing, "data": self.stats}
+        """What an exported adapter records about its data (``training_history.json``): counts per
+        task, and how the splits were made (:mod:`.split_record`), which ``test`` checks."""
+        data = {task: {k: v for k, v in s.items() if k != "split_rows"} for task, s in self.stats.items()}
+        rows = {task: s["split_rows"] for task, s in self.stats.items() if "split_rows" in s}
+        return {
+            "prompt_format": self.prompt_format,
+            "mixing": self.hparams.mixing,
+            "data": data,
+            "splits": split_record(self.settings, self.files, rows),
+        }
+
+    def check_split_record(self, record: dict[str, Any] | None, adapter: str) -> bool:
+        """Stops with one line when these settings would score other evaluation rows than those held
+        out when ``adapter`` was trained (``record``: the ``splits`` of its ``training_history.json``);
+        False when there is no record (an older adapter)."""
+        unseen = [t.name for t in self.unseen_specs]
+        specs = self.task_specs + self.unseen_specs
+        return check_split_record(record, specs, self.files, self.settings, unseen, adapter)
 
     # -- dataloaders -----------------------------------------------------------------------
 
@@ -187,6 +205,7 @@ class FlanDataModule(LightningDataModule):
             batch_size=hp.batch_size,
             sampler=sampler,
             accumulate=accumulate,
+            epoch_batches=(lambda: trainer.num_training_batches) if trainer is not None else None,
             collate_fn=self.collator(),
             num_workers=hp.num_workers,
         )

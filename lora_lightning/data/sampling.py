@@ -11,7 +11,7 @@ one would: none repeated, none skipped.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
@@ -71,28 +71,49 @@ class ResumableLoader(DataLoader):
     Batches go out one accumulation window (``accumulate`` batches, aligned to the epoch's start)
     at a time; each carries ``step_tokens``, the completion tokens of its whole window on this rank,
     and ``step_end``, true on the window's last batch: what a per-token loss of the whole step
-    needs (:mod:`lora_lightning.model.step_loss`). The loader counts the batches it has handed to
-    the training loop in the current epoch; ``state_dict`` is ``{epoch, batches}``, and after
-    ``load_state_dict`` the iteration of that same epoch starts after those batches (any other
-    epoch starts from its beginning).
+    needs (:mod:`lora_lightning.model.step_loss`). A window holds only batches that train in its
+    optimizer step, as Lightning steps: the epoch's last window may be short (an epoch length that
+    is not a multiple of ``accumulate``, or one that ``limit_train_batches`` cuts: ``epoch_batches``
+    returns Lightning's ``num_training_batches``, read as each epoch starts, and the loader ends the
+    epoch there), and a window resumed in its middle holds the batches after the resume point.
+
+    The loader counts the batches it has handed to the training loop in the current epoch;
+    ``state_dict`` is ``{epoch, batches}``, and after ``load_state_dict`` the iteration of that same
+    epoch starts after those batches (any other epoch starts from its beginning).
     """
 
-    def __init__(self, *args: Any, sampler: ResumableSampler, accumulate: int = 1, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        sampler: ResumableSampler,
+        accumulate: int = 1,
+        epoch_batches: Callable[[], float] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, sampler=sampler, **kwargs)
         self.accumulate = max(int(accumulate), 1)
+        self.epoch_batches = epoch_batches
         self.epoch_counted = 0
         self.batches_counted = 0
+
+    def batches_this_epoch(self) -> int:
+        """How many batches the training loop takes from an epoch: all, or fewer when
+        ``limit_train_batches`` cuts it (Lightning's ``num_training_batches``)."""
+        limit = self.epoch_batches() if self.epoch_batches is not None else float("inf")
+        return int(min(len(self), limit))
 
     def __iter__(self) -> Iterator[Any]:
         return self._by_window(super().__iter__())
 
     def _by_window(self, batches: Iterator[Any]) -> Iterator[Any]:
         sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
-        total, pending, position = len(self), [], 0
+        total, pending, position = self.batches_this_epoch(), [], 0
         for number, batch in enumerate(batches):
             if number == 0:  # the sampler has now picked its epoch and its starting batch
                 self.epoch_counted, self.batches_counted = sampler.epoch, sampler.skip_batches
                 position = sampler.skip_batches
+            if position >= total:
+                break  # beyond what the training loop takes: in no window
             pending.append(batch)
             position += 1
             if position % self.accumulate == 0 or position >= total:

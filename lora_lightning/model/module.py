@@ -18,15 +18,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL
-from lora_lightning.model.building import build_model
+from lora_lightning.model.building import adapters_to_float32, build_model
 from lora_lightning.model.checkpointing import TrainableCheckpointing
 from lora_lightning.model.compiling import compile_blocks
-from lora_lightning.model.generation import generate
+from lora_lightning.model.generation import generate, prompt_budget
 from lora_lightning.model.lora import check_lora_settings
 from lora_lightning.model.loss import sequence_losses
 from lora_lightning.model.neftune import check_neftune_alpha
 from lora_lightning.model.optim import build_optimizer, check_loraplus_ratio, warmup_then_decay
 from lora_lightning.model.packing import check_packing
+from lora_lightning.model.residual_base import scoring_base
 from lora_lightning.model.scoring import score_examples
 from lora_lightning.model.sharding import shard_model
 from lora_lightning.model.step_loss import StepLoss
@@ -77,7 +78,8 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             minute of compiling at the first step. On in ``configs/default.yaml``.
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         base_dtype: dtype of the frozen base weights with LoRA; ``auto``: bfloat16 under ``bf16-mixed``/``bf16-true``,
-            float16 under ``16-mixed``, else float32. The adapter and its optimizer state stay float32.
+            float16 under ``16-mixed``, else float32. The adapter and its optimizer state stay float32,
+            under ``bf16-true`` too (where a bias ``lora_bias`` opens trains in bfloat16, as its layer computes).
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
         nonfinite: What a non-finite loss or gradient does: ``stop`` the run with a message naming
@@ -158,6 +160,16 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         if self.hparams.compile and self.trainer.state.fn == TrainerFn.FITTING:
             compile_blocks(self.model, self.trainer.strategy.root_device.type)  # training steps: model.compiling
 
+    def to(self, *args: Any, **kwargs: Any) -> LoRAModule:
+        """``nn.Module.to``, after which the LoRA weights are float32 again: ``bf16-true``/``16-true``
+        convert the whole module with ``.to(dtype)`` before the optimizer is made (and before DDP
+        wraps it), so the adapter, its gradients, AdamW state and export stay float32 over the
+        half-precision base (:func:`~lora_lightning.model.building.adapters_to_float32`)."""
+        super().to(*args, **kwargs)
+        if self.model is not None and self.is_lora:
+            adapters_to_float32(self.model)
+        return self
+
     @property
     def is_lora(self) -> bool:
         return bool(self.hparams.lora or self.hparams.adapter)
@@ -187,6 +199,9 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         loss = self.step_loss.scaled(sums.sum(), int(counts.sum()), batch, batch_idx)
         return {"loss": loss, "task_losses": per_task(batch, sums, counts)}
 
+    def on_train_epoch_start(self) -> None:
+        self.step_loss.start_epoch()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.step_loss.check_gradients(optimizer)
 
@@ -210,17 +225,20 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         """Scores a batch of one task's evaluation examples with each mode (base and adapter share
-        the prompt format, so the comparison is fair)."""
+        the prompt format, so the comparison is fair). ``base`` is the base model itself, also under a
+        PiSSA/OLoRA adapter, whose disabled adapter alone would leave the residual (model.residual_base)."""
         for mode in self.eval_modes():
-            with self.model.disable_adapter() if mode == "base" else contextlib.nullcontext():
+            with scoring_base(self.model) if mode == "base" else contextlib.nullcontext():
                 rows = score_examples(self.model, self.tokenizer, batch, self.hparams.max_length, self.prompt_format)
             self.scored.setdefault(mode, []).extend(rows)
 
     def predict_step(self, batch: dict[str, list], batch_idx: int) -> list[dict]:
-        """Completions for a batch of prompt rows; each row comes back with ``completion`` added."""
+        """Completions for a batch of prompt rows; each row comes back with ``completion`` added.
+        A long prompt is shortened to leave ``max_new_tokens`` within ``max_length`` and the model's context."""
         hp, prompts = self.hparams, batch["prompt"]
         sampling = (hp.max_new_tokens, hp.temperature, hp.top_p, len(prompts), self.prompt_format)
-        texts = generate(self.model, self.tokenizer, prompts, *sampling)
+        budget = prompt_budget(hp.max_length, hp.max_new_tokens)
+        texts = generate(self.model, self.tokenizer, prompts, *sampling, max_prompt_tokens=budget)
         return [{**row, "completion": text} for row, text in zip(batch["rows"], texts)]
 
     # -- optimizer ---------------------------------------------------------------------------

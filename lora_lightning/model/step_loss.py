@@ -9,6 +9,12 @@ together). Lightning divides the returned loss by ``accumulate_grad_batches`` an
 gradients over ranks; the scale ``accumulate x world / step tokens`` undoes both, so batch 8 x 1,
 4 x 2, 2 x 4 and 2 ranks x 4 x 1 give the same gradients. ``train/loss`` and the history record
 the step's true per-token mean.
+
+A step counts only the micro-batches that train in it: the loader ends a window where Lightning
+steps (the epoch's last, short window; one ``limit_train_batches`` cuts; after a resume in the
+middle of a window, the batches after the resume point). Nothing carries over from one epoch to
+the next. The counts are float64: ``bf16-true`` makes bfloat16 the default dtype inside a
+training step, which would round a count of 1,860 tokens to 1,856.
 """
 
 from __future__ import annotations
@@ -38,13 +44,18 @@ class StepLoss:
 
     # -- training ------------------------------------------------------------------------------
 
+    def start_epoch(self) -> None:
+        """A new epoch's first window starts from nothing (no loss of an earlier one in its mean)."""
+        self._window_sum = 0.0
+
     def scaled(self, loss_sum: torch.Tensor, count: int, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The value to backpropagate for this micro-batch (see the module docstring)."""
         m = self.module
         trainer = m.trainer
         accumulate, world = trainer.accumulate_grad_batches, trainer.world_size
         local_tokens = batch.get("step_tokens", count * accumulate)  # a plain loader: each micro-batch its own mean
-        totals = torch.tensor([float(local_tokens), float(not torch.isfinite(loss_sum))], device=loss_sum.device)
+        flags = [float(local_tokens), float(not torch.isfinite(loss_sum))]
+        totals = torch.tensor(flags, device=loss_sum.device, dtype=torch.float64)
         if world > 1:
             totals = trainer.strategy.reduce(totals, reduce_op="sum")
         step_tokens = float(totals[0].clamp(min=1))
@@ -56,7 +67,7 @@ class StepLoss:
             )
         self._window_sum += float(loss_sum.detach())
         if batch.get("step_end", True):
-            window = torch.tensor([self._window_sum], device=loss_sum.device)
+            window = torch.tensor([self._window_sum], device=loss_sum.device, dtype=torch.float64)
             if world > 1:
                 window = trainer.strategy.reduce(window, reduce_op="sum")
             mean = float(window[0]) / step_tokens
