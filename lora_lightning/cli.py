@@ -16,14 +16,18 @@ trainable weights and optimizer state) and ``lightning_logs/`` (TensorBoard).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lora_lightning.atomic_write import check_writable_folder
 from lora_lightning.callbacks import (
     AdapterCheckpoint,
     EarlyStop,
@@ -87,18 +91,14 @@ class LoRALightningCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}")
         parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
 
-    def _parse_ckpt_path(self) -> None:
-        """Checks a checkpoint file given to resume from before Lightning reads its hyperparameters,
-        so a truncated, corrupt or code-carrying file is a one-line error and nothing gets built."""
-        config = (
-            self.config.get(self.config.get("subcommand"), self.config)
-            if self.config.get("subcommand")
-            else self.config
-        )
-        path = config.get("ckpt_path")
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parses, then checks a checkpoint file given to resume from, before Lightning reads its
+        hyperparameters: a truncated, corrupt or code-carrying file is a one-line error and nothing gets built."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = (self.config.get(subcommand) if subcommand else self.config).get("ckpt_path")
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
-        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -120,13 +120,42 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def quiet_dependency_noise() -> None:
+    """Silences, each at its source, what a run would print that the user cannot act on:
+
+    - torch's ``FutureWarning`` that ``LeafSpec`` is deprecated, raised by Lightning's own
+      ``lightning.pytorch.utilities._pytree`` (its CombinedLoader) on every fit, not by our code;
+    - Lightning's advertisement for its cloud logger, logged once per Trainer.
+
+    Lightning's model summary (a table whose FLOPs column reads 0 without an ``example_input_array``,
+    and a note that bf16 sizes are estimated as 32-bit) is off instead (``trainer.enable_model_summary``):
+    the module prints its own line of trainable / total parameters and their dtypes.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(not_an_advert)
+
+
+def not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
+    quiet_dependency_noise()
     return LoRALightningCLI(
         LoRAModule,
         FlanDataModule,
         parser_class=OneLineErrorParser,
         seed_everything_default=42,
-        trainer_defaults={"plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}]},
+        trainer_defaults={
+            "plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}],
+            "enable_model_summary": False,  # the module prints its own parameter counts (quiet_dependency_noise)
+        },
         auto_configure_optimizers=False,
         args=args,
         run=run,
@@ -139,21 +168,35 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
 
 
 def lm_eval_tasks(argv: list[str]) -> None:
-    """``lora-lightning lm-eval-tasks OUT_DIR [--config ...] [--data.* ...]``: the run's tasks over its
-    evaluation rows as lm-evaluation-harness tasks (:mod:`lora_lightning.evaluation.harness`), read
-    from the same config (and ``--model.adapter``, for its tokenizer and prompt format) as ``test``."""
+    """``lora-lightning lm-eval-tasks OUT_DIR [--overwrite] [--config ...] [--data.* ...]``: the run's
+    tasks over its evaluation rows as lm-evaluation-harness tasks (:mod:`lora_lightning.evaluation.harness`),
+    read from the same config (and ``--model.adapter``, for its tokenizer and prompt format) as ``test``.
+    OUT_DIR is checked before anything is loaded: a non-empty folder this project did not write is
+    refused unless ``--overwrite``; the current directory, its ancestors and a checkout always."""
     if not argv or argv[0].startswith("-"):
-        fail("usage: lm-eval-tasks OUT_DIR [--config FILE ...] [--model.adapter DIR] [--data.KEY VALUE ...]")
-    out, rest = argv[0], argv[1:]
+        fail("usage: lm-eval-tasks OUT_DIR [--overwrite] [--config FILE ...] [--model.adapter DIR] [--data.KEY V ...]")
+    out, (overwrite, rest) = argv[0], overwrite_flag(argv[1:])
+    check_writable_folder(Path(out).resolve(), overwrite)
     cli = build_cli(rest, run=False)
     data = cli.datamodule
     data.load_tokenizer()
-    names = write_harness_tasks(out, data.eval_examples(), data.tokenizer, data.prompt_format)
+    names = write_harness_tasks(out, data.eval_examples(), data.tokenizer, data.prompt_format, overwrite)
     print(f"Wrote {len(names)} lm-evaluation-harness tasks to {out} ({', '.join(names)}); score a model with:")
     print(
-        f"  lm_eval --model hf --model_args pretrained=BASE[,peft=ADAPTER],max_length={data.hparams.max_length - 1} \\"
+        "  lm_eval --model hf --model_args pretrained=BASE[,peft=ADAPTER],add_bos_token=False,"
+        f"max_length={data.hparams.max_length - 1} \\"
     )
     print(f"    --include_path {out} --tasks {GROUP}")
+
+
+def overwrite_flag(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--overwrite`` (alone, or ``--overwrite true|false`` as ``merge`` takes it) taken out of
+    ``argv``: whether it is on, and the remaining arguments."""
+    if "--overwrite" not in argv:
+        return False, argv
+    at = argv.index("--overwrite")
+    value = argv[at + 1].lower() if at + 1 < len(argv) and argv[at + 1].lower() in ("true", "false") else None
+    return value != "false", argv[:at] + argv[at + (2 if value else 1) :]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,8 @@ def generate_command(
             each line read from standard input is a prompt (a literal \\n in a line is a newline),
             until end of input; the model is loaded once.
         base: Base model; by default the one the adapter names.
-        max_new_tokens: Most tokens to generate.
+        max_new_tokens: Most tokens to generate. A longer prompt is shortened from its start (a chat
+            prompt's template kept whole) to leave room for them in the model's context.
         temperature: 0 for greedy decoding; above 0 samples.
         top_p: Nucleus sampling mass (with temperature > 0).
         device: cpu, cuda, cuda:1, ...
@@ -94,7 +95,8 @@ def merge_command(
         output: Folder for the merged model (safetensors, config, tokenizer).
         base: Base model; by default the one the adapter names.
         atol: Largest logit difference allowed between the merged model and base + adapter.
-        overwrite: Replace an existing, non-empty output folder.
+        overwrite: Replace a non-empty output folder that lora_lightning did not write (its files are
+            deleted). Never the current directory, a folder above it, or a checkout.
         base_cache_dir: Cache of converted GGUF models.
     """
     diff = merge_adapter(adapter, output, base, atol, overwrite, base_cache_dir)

@@ -144,11 +144,12 @@ def test_tensorboard_event_files_hold_the_training_curves(run):
         "val/loss",
         "val/ppl",
         "lr-AdamW",
-        "perf/tokens_per_s",
-        "perf/samples_per_s",
-        "perf/mfu",
+        "train/device/items_per_sec",
+        "train/device/samples_per_sec",
+        "train/device/mfu",
     } <= set(scalars)
-    assert all(0 < v < 1 for _, v in scalars["perf/mfu"]) and all(v > 0 for _, v in scalars["perf/tokens_per_s"])
+    assert all(0 < v < 1 for _, v in scalars["train/device/mfu"])
+    assert all(v > 0 for _, v in scalars["train/device/items_per_sec"])
     val_steps = sorted(s for s, _ in scalars["val/loss"])
     assert val_steps[0] == 0 and val_steps[-1] > 0
     lrs = [v for _, v in sorted(scalars["lr-AdamW"])]

@@ -5,8 +5,9 @@
 (``README.md``): a folder that plain ``PeftModel.from_pretrained(base, folder)`` and
 ``AutoPeftModelForCausalLM.from_pretrained(folder)`` load. With ``model.lora=false`` the whole
 model is exported instead, as a Transformers folder (``model/`` and ``model_last/``).
-Each export is written to a temporary folder and renamed into place, so a crash mid-write never
-leaves a half-written adapter where a good one was.
+Each export is written to a temporary folder, fsynced and swapped into place, so a crash mid-write
+never leaves a half-written adapter where a good one was; a folder there that this project did not
+write is refused when ``fit`` starts (:func:`~lora_lightning.atomic_write.check_writable_folder`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lora_lightning.atomic_write import atomic_folder
+from lora_lightning.atomic_write import atomic_folder, check_writable_folder
+from lora_lightning.errors import UserInputError
 from lora_lightning.evaluation.loss_plot import LOSS_PLOT, plot_loss_curves
 from lora_lightning.hub import check_hub_access, model_card, push_folder, training_settings
 from lora_lightning.model.sharding import gathered_state_dict
 from lora_lightning.prompts import write_prompt_format
+
+OVERWRITE_FLAG = "--adapter_export.overwrite true"
 
 
 class AdapterCheckpoint(Callback):
@@ -32,10 +36,13 @@ class AdapterCheckpoint(Callback):
     Args:
         dirpath: Run folder the exports go under; the CLI links it to ``trainer.default_root_dir``.
         monitor: Logged metric that decides which export is the best.
+        mode: ``min`` (losses) or ``max`` (accuracies), as ``ModelCheckpoint``'s ``mode``.
         save_last: Also export the final weights at the end of fit.
         push_to_hub: Upload the best adapter to the Hugging Face Hub at the end of fit. Checked when
             the run starts: offline or without a login, the run fails at once.
         hub_repo: Hub repository for ``push_to_hub``, e.g. ``user/smollm2-flan-lora``.
+        overwrite: Replace export folders that this project did not write (a folder a user made at
+            ``<dirpath>/adapter``). Without it such a folder stops ``fit`` at its start, with one line.
     """
 
     def __init__(
@@ -45,14 +52,20 @@ class AdapterCheckpoint(Callback):
         save_last: bool = True,
         push_to_hub: bool = False,
         hub_repo: str | None = None,
+        overwrite: bool = False,
+        mode: str = "min",
     ):
+        if mode not in ("min", "max"):
+            raise UserInputError(f"adapter_export.mode must be min or max, got {mode!r}")
         if push_to_hub:
             check_hub_access(hub_repo)
         self.push_to_hub = push_to_hub
         self.hub_repo = hub_repo
         self.dirpath = dirpath
         self.monitor = monitor
+        self.mode = mode
         self.save_last = save_last
+        self.overwrite = overwrite
         self.best_score: float | None = None
         self.best_step: int | None = None
         self._started = time.monotonic()
@@ -60,6 +73,13 @@ class AdapterCheckpoint(Callback):
 
     def root(self, trainer: Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Before the model is loaded: an export folder that is not this project's is refused now,
+        not at the first export (every rank checks, read only, so all stop together)."""
+        if stage == "fit":
+            for which in ("best", "last") if self.save_last else ("best",):
+                check_writable_folder(self.folder(trainer, pl_module, which), self.overwrite, OVERWRITE_FLAG)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._started = time.monotonic()
@@ -70,7 +90,7 @@ class AdapterCheckpoint(Callback):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])
-        if self.best_score is None or score < self.best_score:
+        if self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score):
             self.best_score, self.best_step = score, trainer.global_step
             self.export(trainer, pl_module, "best")
 
@@ -94,7 +114,7 @@ class AdapterCheckpoint(Callback):
 
     def write(self, trainer: Trainer, pl_module: Any, which: str, weights: dict | None) -> Path:
         target = self.folder(trainer, pl_module, which)
-        with atomic_folder(target) as tmp:
+        with atomic_folder(target, self.overwrite, OVERWRITE_FLAG) as tmp:
             gathered = {"state_dict": weights} if weights is not None else {}
             pl_module.model.save_pretrained(tmp, safe_serialization=True, **gathered)
             pl_module.tokenizer.save_pretrained(tmp)

@@ -7,12 +7,16 @@ Lightning's ``EarlyStopping`` on the validation loss, or on any logged metric su
 
 from __future__ import annotations
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
 
 
 class EarlyStop(EarlyStopping):
     """Stops ``fit`` once ``monitor`` has not improved for ``patience`` validations.
+
+    Lightning's ``EarlyStopping`` with one thing more: it can be off (``patience`` null, the
+    default), so the CLI always has the ``--early_stopping.*`` keys and a run checks nothing until
+    one is set. Off, its two public check hooks do nothing.
 
     Args:
         patience: Validations without improvement before stopping; null (the default) never stops.
@@ -27,6 +31,10 @@ class EarlyStop(EarlyStopping):
         super().__init__(monitor=monitor, patience=patience or 0, min_delta=min_delta, mode=mode, verbose=True)
         self.enabled = patience is not None
 
-    def _run_early_stopping_check(self, trainer: Trainer) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.enabled:
-            super()._run_early_stopping_check(trainer)
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)

@@ -6,6 +6,13 @@ first validation), which would leave a long first epoch unprotected; this one mo
 ``SIGTERMException`` at the end of the current batch, and the checkpoint is written right then,
 so a preempted run resumes losing nothing. Writes go through the trainer's checkpoint IO
 (atomic: temp file and rename).
+
+Why not Lightning's own parts alone: a stock ``ModelCheckpoint(save_last=True)`` saves at the end of
+fit only if it never saved (a run ending between two intervals would resume from the older step),
+and ``ModelCheckpoint(save_on_exception=True)`` or ``OnExceptionCheckpoint`` save on *any*
+exception, which would overwrite a good ``last.ckpt`` with the state of a run stopped for a
+non-finite loss (docs/reliability.md: that checkpoint is kept as it was); ``OnExceptionCheckpoint``
+also writes another file, which ``--ckpt_path last`` does not find, and deletes it at teardown.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 class LastCheckpoint(ModelCheckpoint):
     """Saves ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps, at the end of fit and on SIGTERM.
+
+    Lightning's ``ModelCheckpoint`` (monitoring nothing, keeping no top-k) does the periodic saves;
+    this adds the save at the end of fit whenever ``last.ckpt`` is older than the last step, and the
+    save on SIGTERM only (see the module docstring).
 
     Args:
         dirpath: Checkpoint folder; the CLI links it to ``<trainer.default_root_dir>/ckpt``.
@@ -36,7 +47,7 @@ class LastCheckpoint(ModelCheckpoint):
         return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
 
     def save_now(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # with optimizer and loop state, to resume
         self._last_global_step_saved = trainer.global_step
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

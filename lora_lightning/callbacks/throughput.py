@@ -1,50 +1,76 @@
-"""Training throughput in TensorBoard: real tokens/s, samples/s and model FLOPs utilisation (MFU).
+"""Training throughput in TensorBoard: Lightning's ``ThroughputMonitor``, fed this project's counts.
 
-Timed from batch start to batch end (data loading excluded, optimizer step included), summed over
-``window`` batches, and logged as ``perf/tokens_per_s``, ``perf/samples_per_s``, ``perf/mfu``.
-At the start it prints the parameter bytes each rank holds (about 1/world of the model under FSDP2),
-at the end each rank's peak resident memory.
-Tokens are non-padding tokens; MFU is :func:`~lora_lightning.model.flops.batch_flops` over the
-device peak (measured by a GEMM at start-up on CPU).
+Lightning's :class:`~lightning.pytorch.callbacks.ThroughputMonitor` times the steps (wall clock
+from one batch end to the next, validation left out), keeps the rolling window and logs, on rank 0
+every ``trainer.log_every_n_steps`` steps, ``train/device/samples_per_sec`` (examples),
+``train/device/items_per_sec`` (real tokens), ``train/device/flops_per_sec`` and ``train/device/mfu``
+(with several ranks also ``train/samples_per_sec``, ``train/items_per_sec``, ``train/flops_per_sec``
+over all of them; the same under ``validate/`` for the validation batches of ``fit``).
 """
 
 from __future__ import annotations
 
 import resource
-import time
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.distributed import gather_objects
-from lora_lightning.model.flops import batch_flops, peak_flops
+from lora_lightning.model.flops import batch_flops, measured_peak_flops
 from lora_lightning.model.sharding import parameter_bytes
 
 
-class ThroughputLogger(Callback):
-    """Logs tokens/s, samples/s and MFU every ``window`` training batches.
+def examples_in(batch: dict[str, Any]) -> int:
+    """Examples, not rows: a packed batch holds several examples per row."""
+    examples = batch.get("example_id")
+    return len(examples) if examples is not None else int(batch["input_ids"].shape[0])
+
+
+def real_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens."""
+    return int(batch["attention_mask"].sum())
+
+
+class ThroughputLogger(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` during ``fit``, plus what it cannot know by itself:
+
+    - the FLOPs of each batch, from the batch (:func:`~lora_lightning.model.flops.batch_flops`:
+      real tokens, attention per packed example, the completion-only head, no weight gradients
+      for frozen weights), given to the monitor as the module's ``flops_per_batch``; validation
+      batches count the forward only;
+    - a peak for MFU on CPU: Lightning's table has GPU datasheet figures only (no MFU on CPU), so
+      there a dense GEMM in the training dtype is measured at start-up;
+    - samples are examples and items are real tokens (not rows and padded positions);
+    - ``fit`` only: ``test`` and ``predict`` batches are evaluation examples of another shape;
+    - the parameter bytes each rank holds (about 1/world of the model under FSDP2) at the start,
+      each rank's peak resident memory at the end.
 
     Args:
-        window: Batches per measurement.
+        window: Steps in the rolling window (at least 2).
     """
 
     def __init__(self, window: int = 5):
+        super().__init__(batch_size_fn=examples_in, length_fn=real_tokens, window_size=window)
         self.window = window
-        self.peak: float | None = None
-        self._start = 0.0
-        self._reset()
 
-    def _reset(self) -> None:
-        self.seconds = self.tokens = self.samples = self.flops = 0.0
-        self.batches = 0
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        super().setup(trainer, pl_module, stage)
+        device = trainer.strategy.root_device
+        if self.available_flops is None and device.type == "cpu":
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            self.available_flops = measured_peak_flops(dtype)
+            for throughput in self._throughputs.values():
+                throughput.available_flops = self.available_flops
+            rank_zero_info(f"Peak for MFU: {self.available_flops / 1e12:.2f} TFLOP/s ({dtype}, measured on this CPU)")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-        self.peak = peak_flops(pl_module.device, dtype)
-        if self.peak:
-            rank_zero_info(f"Peak for MFU: {self.peak / 1e12:.2f} TFLOP/s ({dtype}, {pl_module.device.type})")
+        super().on_train_start(trainer, pl_module)
         held = gather_objects([parameter_bytes(pl_module.model)])  # every rank: a collective under DDP/FSDP
         rank_zero_info(
             f"Parameters held per rank: {' / '.join(f'{h / 2**20:.1f}' for h, _ in held)} MB "
@@ -55,22 +81,42 @@ class ThroughputLogger(Callback):
         peaks = gather_objects([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])  # KiB on Linux
         rank_zero_info(f"Peak RSS per rank: {' / '.join(f'{mb:,.0f}' for mb in peaks)} MB")
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
-
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.tokens += float(batch["attention_mask"].sum())
-        examples = batch.get("example_id")  # one per example: a packed batch has fewer rows than examples
-        self.samples += len(examples) if examples is not None else batch["input_ids"].shape[0]
-        self.flops += batch_flops(pl_module.model, batch, pl_module.hparams.get("completion_only_head", True))
-        self.batches += 1
-        if self.batches >= self.window:
-            metrics = {
-                "perf/tokens_per_s": self.tokens / self.seconds,
-                "perf/samples_per_s": self.samples / self.seconds,
-            }
-            if self.peak:
-                metrics["perf/mfu"] = self.flops / self.seconds / self.peak
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-            self._reset()
+        if trainer.is_global_zero:  # the monitor measures on rank 0 only
+            pl_module.flops_per_batch = batch_flops(pl_module.model, batch, completion_only_head(pl_module))
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_start(trainer, pl_module)
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        if trainer.is_global_zero:
+            pl_module.flops_per_batch = batch_flops(
+                pl_module.model, batch, completion_only_head(pl_module), backward=False
+            )
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Not measured: evaluation batches (see the class docstring)."""
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Not measured."""
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Not measured."""
+
+    def on_predict_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Not measured."""
+
+
+def completion_only_head(pl_module: Any) -> bool:
+    return bool(getattr(pl_module, "hparams", {}).get("completion_only_head", True))

@@ -40,7 +40,10 @@ def linear_weight_count(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def batch_flops(model: Any, batch: dict[str, torch.Tensor], completion_only_head: bool = True) -> float:
+def batch_flops(
+    model: Any, batch: dict[str, torch.Tensor], completion_only_head: bool = True, backward: bool = True
+) -> float:
+    """Model FLOPs of one batch: forward and backward (a training step), or the forward alone."""
     hf = unwrap_causal_lm(model)
     config = hf.config
     width = hf.get_input_embeddings().weight.shape[1]
@@ -55,6 +58,8 @@ def batch_flops(model: Any, batch: dict[str, torch.Tensor], completion_only_head
     head_tokens = float((batch["labels"][:, 1:] != -100).sum()) if completion_only_head else tokens
     linear, trainable_linear = linear_weight_count(model)
     forward = 2 * linear * tokens + 2 * layers * width * float((lengths**2).sum()) + 2 * width * vocab * head_tokens
+    if not backward:
+        return forward
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return 2 * forward + 2 * trainable * tokens
 
