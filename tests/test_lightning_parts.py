@@ -149,3 +149,17 @@ def test_adapter_export_picks_the_best_by_its_mode_like_model_checkpoint():
     assert exported == [1, 2] and export.best_step == 2 and export.best_score == pytest.approx(0.7)
     with pytest.raises(UserInputError, match="adapter_export.mode"):
         AdapterCheckpoint(mode="maximum")
+
+
+def test_measuring_the_peak_leaves_the_global_random_stream_alone():
+    """The peak is measured in ``setup``, before ``configure_model`` draws the LoRA weights: a draw from
+    the global generator there changed the seeded initial adapter (bench.py's same-init check caught it)."""
+    import torch
+
+    from lora_lightning.model.flops import measured_peak_flops
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert measured_peak_flops(torch.float32, size=64, seconds=0.01) > 0
+    assert torch.equal(torch.rand(3), expected)

@@ -65,9 +65,13 @@ def batch_flops(
 
 
 def measured_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5) -> float:
-    """FLOP/s of a dense ``size`` x ``size`` matmul on this CPU, in ``dtype``, over about ``seconds``."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    """FLOP/s of a dense ``size`` x ``size`` matmul on this CPU, in ``dtype``, over about ``seconds``.
+
+    Its operands come from a generator of its own: measured before the model is configured, a draw
+    from the global one would change the seeded initial adapter."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, generator=generator)
     a @ b  # warm-up
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
