@@ -170,7 +170,8 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
 def lm_eval_tasks(argv: list[str]) -> None:
     """``lora-lightning lm-eval-tasks OUT_DIR [--overwrite] [--config ...] [--data.* ...]``: the run's
     tasks over its evaluation rows as lm-evaluation-harness tasks (:mod:`lora_lightning.evaluation.harness`),
-    read from the same config (and ``--model.adapter``, for its tokenizer and prompt format) as ``test``.
+    read from the same config (and ``--model.adapter``, for its tokenizer and prompt format, and whose
+    recorded splits are checked as ``test`` checks them) as ``test``.
     OUT_DIR is checked before anything is loaded: a non-empty folder this project did not write is
     refused unless ``--overwrite``; the current directory, its ancestors and a checkout always."""
     if not argv or argv[0].startswith("-"):
@@ -180,6 +181,8 @@ def lm_eval_tasks(argv: list[str]) -> None:
     cli = build_cli(rest, run=False)
     data = cli.datamodule
     data.load_tokenizer()
+    if cli.model.hparams.adapter:
+        data.check_adapter_splits(cli.model.hparams.adapter)  # the rows exported are the adapter's held-out ones
     names = write_harness_tasks(out, data.eval_examples(), data.tokenizer, data.prompt_format, overwrite)
     print(f"Wrote {len(names)} lm-evaluation-harness tasks to {out} ({', '.join(names)}); score a model with:")
     print(

@@ -105,6 +105,15 @@ def test_test_with_another_seed_on_a_carved_split_stops_in_one_line(trained):
 
 
 @pytest.mark.slow
+def test_lm_eval_tasks_of_an_adapter_under_another_seed_stops_and_writes_nothing(trained, tmp_path):
+    out = tmp_path / "tasks"
+    done = run_cli("lm-eval-tasks", str(out), *trained.test_args, "--data.seed", "7")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].endswith("pass --data.seed 42 as in training")
+    assert not out.exists()
+
+
+@pytest.mark.slow
 def test_test_with_the_training_settings_scores_the_recorded_rows(trained):
     done = run_cli("test", *trained.test_args, "--data.eval_examples_per_task", "2")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.atomic_write import atomic_file
 from lora_lightning.distributed import gather_objects, unique_by
@@ -44,20 +44,8 @@ class EvaluationReport(Callback):
         """Before an adapter is scored: its evaluation rows must be those held out when it was
         trained (the ``splits`` of its ``training_history.json``); otherwise one line and stop."""
         adapter = pl_module.hparams.get("adapter")
-        dm = trainer.datamodule
-        if stage not in ("test", "validate") or not adapter or not hasattr(dm, "check_split_record"):
-            return
-        history = Path(adapter) / "training_history.json"
-        record = json.loads(history.read_text()).get("splits") if history.is_file() else None
-        if dm.check_split_record(record, str(adapter)):
-            rank_zero_info(
-                f"Evaluation rows checked: those held out when {adapter} was trained (training_history.json)"
-            )
-        else:
-            rank_zero_warn(
-                f"adapter {str(adapter)!r} does not record how its splits were made (trained by an older "
-                "version): make sure data.seed, val_fraction and the data are those it was trained with"
-            )
+        if stage in ("test", "validate") and adapter and hasattr(trainer.datamodule, "check_adapter_splits"):
+            trainer.datamodule.check_adapter_splits(adapter)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         pl_module.scored = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lora_lightning.data.cache import load_cached, save_cached
@@ -27,7 +27,7 @@ from lora_lightning.data.pipeline import (
 )
 from lora_lightning.data.sampling import ResumableLoader, ResumableSampler
 from lora_lightning.data.sources import collate_prompt_rows, read_prompt_rows
-from lora_lightning.data.split_record import split_record
+from lora_lightning.data.split_record import recorded_splits, split_record
 from lora_lightning.data.tokenization import CausalLMCollator, PackingCollator
 from lora_lightning.errors import UserInputError
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL, load_tokenizer, tokenizer_source
@@ -186,6 +186,18 @@ class FlanDataModule(LightningDataModule):
         unseen = [t.name for t in self.unseen_specs]
         specs = self.task_specs + self.unseen_specs
         return check_split_record(record, specs, self.files, self.settings, unseen, adapter)
+
+    def check_adapter_splits(self, adapter: str | Path) -> None:
+        """Before ``adapter`` is scored (``test``, ``validate``, ``lm-eval-tasks``): its evaluation rows
+        must be those held out when it was trained; otherwise one line and stop. An adapter that
+        records no splits (an older version's) gets a warning."""
+        if self.check_split_record(recorded_splits(adapter), str(adapter)):
+            rank_zero_info(f"Evaluation rows checked: those held out when {adapter} was trained")
+        else:
+            rank_zero_warn(
+                f"adapter {str(adapter)!r} does not record how its splits were made (trained by an older "
+                "version): make sure data.seed, val_fraction and the data are those it was trained with"
+            )
 
     # -- dataloaders -----------------------------------------------------------------------
 

@@ -19,10 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 RECORDED_SETTINGS = ("source", "seed", "val_fraction", "max_val_examples_per_task")
 SPLITS = ("train", "selection", "evaluation")
+
+
+def recorded_splits(adapter: str | Path) -> dict[str, Any] | None:
+    """The ``splits`` an adapter folder's ``training_history.json`` records; None when it has none."""
+    history = Path(adapter) / "training_history.json"
+    return json.loads(history.read_text()).get("splits") if history.is_file() else None
 
 
 def iter_rows(rows: Any) -> Iterator[dict]:
