@@ -30,8 +30,8 @@ common_gen 20 concept sets.
 It prints one table: every task's metrics per arm (accuracies with a 95% Wilson interval and the
 number of rows), then each LoRA arm's share of full fine-tuning's gain over the base per metric,
 ``(arm - base) / (full - base)``, and its median over the metrics (perplexity is left out: it is the
-loss again). A metric full fine-tuning does not move (``|full - base|`` below ``MIN_GAIN``) gets no
-share. Results go to ``--out`` (``quality.md`` and ``quality.json``).
+loss again). A metric full fine-tuning does not improve gets no share (n/a). Results go to
+``--out`` (``quality.md`` and ``quality.json``).
 
     python benchmarks/quality.py                # make quality: the budget below, about an hour on 2 CPU cores
     python benchmarks/quality.py --quick        # minutes: few rows, lora and one full learning rate
@@ -79,7 +79,7 @@ LOWER_IS_BETTER = {"loss", "perplexity"}
 LEFT_OUT_OF_SHARE = {"perplexity"}
 ACCURACIES = {"accuracy_rank", "accuracy_exact"}
 MIN_GAIN = 1e-6
-"""A metric whose full-fine-tuning gain is smaller than this has no share (a ratio of noise)."""
+"""A metric that full fine-tuning does not improve by at least this has no share."""
 
 
 # -- arithmetic (tested in tests/test_quality_table.py) -----------------------------------------
@@ -95,13 +95,14 @@ def wilson_interval(percent: float, n: int, z: float = 1.959963984540054) -> tup
     return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
 
 
-def gain_share(arm: float, base: float, full: float) -> float | None:
+def gain_share(arm: float, base: float, full: float, lower_is_better: bool = False) -> float | None:
     """``(arm - base) / (full - base)``: 1.0 is full fine-tuning's gain, 0 the base's; None when full
-    fine-tuning does not move the metric. The same formula for lower-is-better metrics (both
-    differences are negative when both improve)."""
-    if any(math.isnan(v) for v in (arm, base, full)) or abs(full - base) < MIN_GAIN:
+    fine-tuning does not improve the metric (no gain to take a share of). The same formula for
+    lower-is-better metrics (both differences are negative when both improve)."""
+    if any(math.isnan(v) for v in (arm, base, full)):
         return None
-    return (arm - base) / (full - base)
+    gain = (base - full) if lower_is_better else (full - base)
+    return None if gain < MIN_GAIN else (arm - base) / (full - base)
 
 
 def shares(results: Mapping[str, Mapping[str, Mapping[str, float]]], arm: str) -> dict[tuple[str, str], float | None]:
@@ -115,7 +116,7 @@ def shares(results: Mapping[str, Mapping[str, Mapping[str, float]]], arm: str) -
                 full, value = results["full"][task][metric], results[arm][task][metric]
             except KeyError:
                 continue
-            out[(task, metric)] = gain_share(value, base, full)
+            out[(task, metric)] = gain_share(value, base, full, metric in LOWER_IS_BETTER)
     return out
 
 

@@ -17,9 +17,11 @@ def test_gain_share_is_the_fraction_of_full_fine_tunings_gain():
     assert quality.gain_share(arm=65.0, base=50.0, full=60.0) == pytest.approx(1.5)
     assert quality.gain_share(arm=45.0, base=50.0, full=60.0) == pytest.approx(-0.5)
     # lower-is-better (loss): both fall, the share is positive
-    assert quality.gain_share(arm=1.5, base=2.0, full=1.0) == pytest.approx(0.5)
-    # full fine-tuning did not move the metric: no share rather than a ratio of noise
+    assert quality.gain_share(arm=1.5, base=2.0, full=1.0, lower_is_better=True) == pytest.approx(0.5)
+    # full fine-tuning did not improve the metric: no gain to take a share of
     assert quality.gain_share(arm=51.0, base=50.0, full=50.0) is None
+    assert quality.gain_share(arm=61.0, base=66.0, full=48.0) is None
+    assert quality.gain_share(arm=1.5, base=2.0, full=2.5, lower_is_better=True) is None
     assert quality.gain_share(arm=float("nan"), base=50.0, full=60.0) is None
 
 
