@@ -17,7 +17,7 @@ from lora_lightning.evaluation.metrics import (
 )
 from lora_lightning.evaluation.report import as_csv, results_rows, task_metrics
 from lora_lightning.loading import load_causal_lm, load_tokenizer
-from lora_lightning.model.scoring import rank_classify
+from lora_lightning.model.scoring import best_option, option_logprobs, rank_classify, score_examples
 
 
 def test_rouge_l_single_and_multi_reference_by_hand():
@@ -80,6 +80,27 @@ def test_rank_classification_picks_the_option_with_the_higher_log_probability(ti
         assert len(set(round(s, 6) for s in scores)) == len(scores)  # no ties: the choice is meaningful
 
 
+def test_per_character_rank_is_lm_eval_acc_norm(tiny_models):
+    """accuracy_rank_norm's choice: the highest log-probability divided by the choice string's length
+    in characters (the option and the end-of-text it is scored with), as lm-eval's acc_norm."""
+    model = load_causal_lm(str(tiny_models["gpt2"])).eval()
+    tokenizer = load_tokenizer(str(tiny_models["gpt2"]))
+    prompts = ["Is the sky blue?", "Pick one:", "Which is it, friend?", "A or B?"]
+    options = [["False", "True"], ["entailment", "neutral", "contradiction"], ["No", "Yes"], ["A", "BBBBBBBB"]]
+    examples = [
+        {"prompt": p, "options": o, "reference": o[0], "max_new_tokens": 2, "answer": 0}
+        for p, o in zip(prompts, options)
+    ]
+    rows = score_examples(model, tokenizer, examples, max_length=64)
+    logprobs = option_logprobs(model, tokenizer, prompts, options, max_length=64)
+    for row, prompt, opts, lp in zip(rows, prompts, options, logprobs):
+        assert lp == pytest.approx([independent_logprob(model, tokenizer, prompt, o) for o in opts], abs=1e-4)
+        per_char = [x / len(o + tokenizer.eos_token) for x, o in zip(lp, opts)]
+        assert row["ranked"] == max(range(len(opts)), key=lambda k: lp[k])
+        assert row["ranked_norm"] == max(range(len(opts)), key=lambda k: per_char[k])
+    assert best_option([float("nan"), -3.0, -2.0]) == 2 and best_option([-1.0, float("nan")]) == 0
+
+
 def test_eval_examples_group_references_and_use_only_main_templates():
     task = load_task("common_gen")
     rows = [
@@ -125,6 +146,7 @@ def test_task_metrics_and_results_table():
             "tokens": 2,
             "prediction": "True",
             "ranked": 1,
+            "ranked_norm": 1,
             "answer": 1,
             "options": ["False", "True"],
             "references": ["True"],
@@ -135,6 +157,7 @@ def test_task_metrics_and_results_table():
             "tokens": 2,
             "prediction": "yes",
             "ranked": 1,
+            "ranked_norm": 0,
             "answer": 0,
             "options": ["False", "True"],
             "references": ["False"],
@@ -142,7 +165,7 @@ def test_task_metrics_and_results_table():
     ]
     m = task_metrics(task, records)
     assert m["loss"] == 0.75 and m["perplexity"] == pytest.approx(math.exp(0.75))
-    assert m["accuracy_rank"] == 50.0 and m["accuracy_exact"] == 50.0
+    assert m["accuracy_rank"] == 50.0 and m["accuracy_exact"] == 50.0 and m["accuracy_rank_norm"] == 100.0
     rows = results_rows({"base": {"bool_q": {"loss": 1.0}}, "adapter": {"bool_q": {"loss": 0.25}}})
     assert rows == [{"task": "bool_q", "metric": "loss", "base": 1.0, "adapter": 0.25, "delta": -0.75}]
     assert as_csv(rows).splitlines() == ["task,metric,base,adapter,delta", "bool_q,loss,1.0,0.25,-0.75"]

@@ -259,6 +259,9 @@ def test_harness_scores_the_adapter_as_lora_lightning_test_does(
     scores = json.loads(next(results.rglob("results_*.json")).read_text())["results"]
     accuracy = scores["lora_lightning_bool_q"]["acc,none"]
     assert 100 * accuracy == pytest.approx(float(ours[("bool_q", "accuracy_rank")]["adapter"]), abs=1e-6)
+    # acc_norm (log-probability per character of the choice string) is accuracy_rank_norm
+    accuracy_norm = scores["lora_lightning_bool_q"]["acc_norm,none"]
+    assert 100 * accuracy_norm == pytest.approx(float(ours[("bool_q", "accuracy_rank_norm")]["adapter"]), abs=1e-6)
     rouge = scores["lora_lightning_xsum"]["rougeL,none"]
     assert 0 <= rouge <= 100
 

@@ -120,6 +120,15 @@ def test_test_with_the_training_settings_scores_the_recorded_rows(trained):
     assert f"Evaluation rows checked: those held out when {trained.adapter} was trained" in done.stderr
     assert "bool_q 2 (train (another 10% held out))" in (trained.adapter.parent / "eval_results.md").read_text()
 
+    with_base = (trained.adapter.parent / "eval_results.csv").read_text().splitlines()
+    done = run_cli("test", *trained.test_args, "--data.eval_examples_per_task", "2", "--model.score_base", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = (trained.adapter.parent / "eval_results.csv").read_text().splitlines()
+    # the adapter alone: no base column, no delta, the same adapter values as with the base scored
+    assert alone[0] == "task,metric,adapter,trained" and with_base[0].startswith("task,metric,base,adapter,delta")
+    adapter_values = [line.split(",")[3] for line in with_base[1:]]
+    assert [line.split(",")[2] for line in alone[1:]] == adapter_values
+
 
 def test_validate_with_another_fraction_or_other_data_stops(tiny_models, tmp_path):
     data = bool_q_file(tmp_path)

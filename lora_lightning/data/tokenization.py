@@ -63,6 +63,17 @@ def end_with_eos(ids: list[int], eos: int) -> list[int]:
     return ids + [eos]
 
 
+def choice_text(completion: str, eos: str) -> str:
+    """A rendered completion as training scores it: up to and including its last end-of-text (a chat
+    turn's trailing newline is never trained), or with end-of-text appended, as :func:`end_with_eos`
+    cuts the ids. The harness's choice strings, and the length ``accuracy_rank_norm`` divides by."""
+    if not eos:
+        return completion
+    if eos in completion:
+        return completion[: completion.rindex(eos) + len(eos)]
+    return completion + eos
+
+
 def encode_pairs(
     tokenizer: Any,
     prompts: Sequence[str],

@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from lora_lightning.atomic_write import atomic_folder
-from lora_lightning.data.tokenization import IGNORE_INDEX, encode_pairs
+from lora_lightning.data.tokenization import IGNORE_INDEX, choice_text, encode_pairs
 from lora_lightning.prompts import render_completion, render_prompt
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,6 @@ def process_results(doc, results):
 
 def task_name(task: str) -> str:
     return f"{GROUP}_{task}"
-
-
-def choice_text(completion: str, eos: str) -> str:
-    """A rendered completion as training scores it: up to and including its last end-of-text (a chat
-    turn's trailing newline is never trained), or with end-of-text appended, as
-    :func:`~lora_lightning.data.tokenization.end_with_eos` cuts the ids."""
-    if not eos:
-        return completion
-    if eos in completion:
-        return completion[: completion.rindex(eos) + len(eos)]
-    return completion + eos
 
 
 def added_special_text(tokenizer: Any, with_specials: Sequence[int], text_ids: Sequence[int]) -> tuple[str, str]:

@@ -29,6 +29,7 @@ def task_metrics(task: TaskSpec, records: Sequence[dict]) -> dict[str, float]:
     for metric in task.metrics:
         if metric == "accuracy":
             out["accuracy_rank"] = accuracy([r["ranked"] == r["answer"] for r in records])
+            out["accuracy_rank_norm"] = accuracy([r["ranked_norm"] == r["answer"] for r in records])
             out["accuracy_exact"] = accuracy(
                 [normalize_answer(r["prediction"]) == normalize_answer(r["options"][r["answer"]]) for r in records]
             )
@@ -84,6 +85,7 @@ METRIC_NAMES = {
     "loss": "completion loss",
     "perplexity": "perplexity",
     "accuracy_rank": "accuracy (rank classification)",
+    "accuracy_rank_norm": "accuracy (rank classification per character)",
     "accuracy_exact": "accuracy (exact match of the greedy answer)",
     "rouge_l": "ROUGE-L",
     "coverage": "concept coverage",

@@ -86,6 +86,8 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             the step (the last good checkpoint stays as it was), or ``skip`` that update.
         prompt_format: ``auto``, ``plain`` or ``chat``; the CLI links it to ``data.prompt_format``.
         max_length: Longest prompt + completion in evaluation; the CLI links it to ``data.max_length``.
+        score_base: ``test``/``validate`` with ``adapter``: score the base model too (the table's
+            ``base`` column and ``delta``); false scores the adapter alone, in half the time.
         max_new_tokens: ``predict``: most tokens generated per prompt.
         temperature: ``predict``: 0 for greedy decoding, above 0 to sample.
         top_p: ``predict``: nucleus sampling mass when sampling.
@@ -121,6 +123,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         nonfinite: Literal["stop", "skip"] = "stop",
         prompt_format: Literal["auto", "plain", "chat"] = "auto",
         max_length: int = 512,
+        score_base: bool = True,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -220,8 +223,10 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
 
     def eval_modes(self) -> list[str]:
         """``base`` and ``adapter`` when a trained adapter is loaded (so the table shows what it
-        bought), else ``model`` alone."""
-        return ["base", "adapter"] if self.hparams.adapter else ["model"]
+        bought; ``adapter`` alone without ``score_base``), else ``model`` alone."""
+        if not self.hparams.adapter:
+            return ["model"]
+        return ["base", "adapter"] if self.hparams.score_base else ["adapter"]
 
     def test_step(self, batch: list[dict], batch_idx: int) -> None:
         """Scores a batch of one task's evaluation examples with each mode (base and adapter share
