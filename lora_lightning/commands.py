@@ -14,7 +14,7 @@ from jsonargparse import CLI
 from lora_lightning.errors import UserInputError
 from lora_lightning.evaluation.runs import comparison_table, read_run
 from lora_lightning.loading import DEFAULT_BASE_CACHE, load_tokenizer
-from lora_lightning.model.adapters import load_lora_model
+from lora_lightning.model.adapters import load_lora_model, trained_quantization
 from lora_lightning.model.generation import generate
 from lora_lightning.model.merge import merge_adapter
 from lora_lightning.prompts import resolve_prompt_format
@@ -101,6 +101,12 @@ def merge_command(
     """
     diff = merge_adapter(adapter, output, base, atol, overwrite, base_cache_dir)
     print(f"Merged {adapter} into {output} (largest logit difference {diff:.2e})")
+    quantized = trained_quantization(adapter)
+    if quantized:
+        print(
+            f"The adapter was trained on a {quantized} base; it was merged into the full-precision base "
+            f"weights (not into dequantized {quantized} weights): the model users serve"
+        )
 
 
 def compare_command(runs: list[str]) -> None:

@@ -68,6 +68,13 @@ NOT_SCORED = (
 )
 
 
+QUANTIZATION_NAMES = {
+    "nf4": "4-bit NF4 with double quantization (QLoRA; bitsandbytes); the adapter is plain LoRA for any base dtype",
+    "fp4": "4-bit FP4 with double quantization (bitsandbytes); the adapter is plain LoRA for any base dtype",
+    "int8": "8-bit LLM.int8() (bitsandbytes); the adapter is plain LoRA for any base dtype",
+}
+
+
 def training_settings(module: Mapping[str, Any], data: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, str]:
     """What a reader needs to repeat the training, as ``{setting: value}`` rows of the card: the
     module's and the data module's hyperparameters and the trainer's values at export (``run``:
@@ -99,6 +106,8 @@ def training_settings(module: Mapping[str, Any], data: Mapping[str, Any], run: M
         rows["max length"] = f"{data['max_length']} tokens"
     if module.get("loraplus_lr_ratio"):
         rows["LoRA+ learning-rate ratio (lora_B / lora_A)"] = f"{module['loraplus_lr_ratio']:g}"
+    if module.get("quantization"):
+        rows["base quantization in training"] = QUANTIZATION_NAMES.get(module["quantization"], module["quantization"])
     if module.get("neftune_noise_alpha"):
         rows["NEFTune noise alpha"] = f"{module['neftune_noise_alpha']:g}"
     if (run.get("max_epochs") or -1) > 0:  # -1 or None: no epoch limit

@@ -128,13 +128,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "float32") -> Any:
+def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "float32", **quantized: Any) -> Any:
+    """The model in ``dtype``; ``quantized``: ``quantization_config`` (and ``device_map``) for a
+    bitsandbytes base (lora_lightning.model.quantization)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype)
+            path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **quantized
         )
     except (OSError, ValueError) as err:
         raise load_error("model", path, err) from None

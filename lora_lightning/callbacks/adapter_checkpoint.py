@@ -120,6 +120,7 @@ class AdapterCheckpoint(Callback):
             pl_module.tokenizer.save_pretrained(tmp)
             history = {
                 "base_model": pl_module.base_model_path,
+                "base_quantization": pl_module.hparams.get("quantization"),
                 "global_step": trainer.global_step,
                 "epoch": trainer.current_epoch,
                 "best_val_loss": self.best_score,

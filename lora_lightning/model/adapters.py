@@ -28,6 +28,16 @@ def adapter_base(lora_adapter_path: str | Path) -> str:
     return base
 
 
+def trained_quantization(adapter: str | Path) -> str | None:
+    """The quantization of the base the adapter was trained on (``nf4``, ``fp4``, ``int8``; its
+    ``training_history.json``), or None: trained on a full- or half-precision base."""
+    history = Path(adapter, "training_history.json")
+    try:
+        return json.loads(history.read_text()).get("base_quantization")
+    except (OSError, ValueError):
+        return None
+
+
 def load_lora_model(
     base_model_path: str | None,
     lora_adapter_path: str | Path,

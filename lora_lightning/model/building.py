@@ -32,6 +32,12 @@ from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenize
 from lora_lightning.model.adapters import adapter_base
 from lora_lightning.model.lora import RESIDUAL_INITS, apply_lora
 from lora_lightning.model.neftune import add_neftune
+from lora_lightning.model.quantization import (
+    check_quantization,
+    prepare_quantized,
+    quantization_config,
+    quantized_summary,
+)
 from lora_lightning.model.residual_base import attach_keeping_base
 
 LORA_KEYS = (
@@ -105,15 +111,34 @@ def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
     return model
 
 
-def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[Any, Any, str]:
-    """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters and
-    the Trainer's ``precision`` (which ``base_dtype: auto`` follows)."""
+def load_base(
+    base_path: str, hp: Mapping[str, Any], dtype: str, precision: str | None, device: torch.device | None
+) -> Any:
+    """The frozen base in ``dtype``; with ``model.quantization`` its linear layers quantized, on
+    ``device`` (a CUDA device quantizes as it loads)."""
+    kind = hp.get("quantization")
+    if not kind:
+        return load_causal_lm(base_path, hp["trust_remote_code"], dtype=dtype)
+    config = quantization_config(kind, precision)
+    on_device = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
+    model = load_causal_lm(base_path, hp["trust_remote_code"], dtype, quantization_config=config, **on_device)
+    prepare_quantized(model, hp["gradient_checkpointing"])
+    return model
+
+
+def build_model(
+    hp: Mapping[str, Any], precision: str | None = None, device: torch.device | None = None
+) -> tuple[Any, Any, str]:
+    """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters, the
+    Trainer's ``precision`` (which ``base_dtype: auto`` follows) and its device (where a quantized
+    base is quantized)."""
     name = hp["model_name"] or (adapter_base(hp["adapter"]) if hp["adapter"] else EMBEDDED_MODEL)
     lora = bool(hp["lora"] or hp["adapter"])
+    check_quantization(hp.get("quantization"), lora)
     dtype = resolve_base_dtype(hp.get("base_dtype", "auto"), lora, precision)
     base_path = resolve_model_path(name, hp["base_cache_dir"])
     tokenizer = load_tokenizer(hp["adapter"] or base_path, hp["trust_remote_code"])
-    model = load_causal_lm(base_path, hp["trust_remote_code"], dtype=dtype)
+    model = load_base(base_path, hp, dtype, precision, device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if hp["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -127,6 +152,10 @@ def build_model(hp: Mapping[str, Any], precision: str | None = None) -> tuple[An
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     dtypes = f"frozen base in {dtype}, trained weights in float32" if lora else "float32"
+    if hp.get("quantization"):
+        layers, size = quantized_summary(model)
+        dtypes = f"{layers} base linear layers in {hp['quantization']} ({size / 2**20:.1f} MiB), the rest in {dtype}; "
+        dtypes += "trained weights in float32"
     rank_zero_info(
         f"Model {name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); {dtypes}"
     )

@@ -27,6 +27,7 @@ from lora_lightning.model.loss import sequence_losses
 from lora_lightning.model.neftune import check_neftune_alpha
 from lora_lightning.model.optim import build_optimizer, check_loraplus_ratio, warmup_then_decay
 from lora_lightning.model.packing import check_packing
+from lora_lightning.model.quantization import QUANTIZED_FSDP, QuantizationError, check_quantization
 from lora_lightning.model.residual_base import scoring_base
 from lora_lightning.model.scoring import score_examples
 from lora_lightning.model.sharding import shard_model
@@ -77,6 +78,10 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             generation run eager): much less activation memory and the same speed, after under a
             minute of compiling at the first step. On in ``configs/default.yaml``.
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
+        quantization: QLoRA: the frozen base's linear layers in ``nf4`` (4-bit NormalFloat, with double
+            quantization: QLoRA's recipe), ``fp4`` or ``int8`` (bitsandbytes: the ``[qlora]`` extra),
+            computing in the Trainer's precision; null: not quantized. The adapter still trains and
+            exports in float32 and loads on the full-precision base. ``configs/qlora.yaml`` sets nf4.
         base_dtype: dtype of the frozen base weights with LoRA; ``auto``: bfloat16 under ``bf16-mixed``/``bf16-true``,
             float16 under ``16-mixed``, else float32. The adapter and its optimizer state stay float32,
             under ``bf16-true`` too (where a bias ``lora_bias`` opens trains in bfloat16, as its layer computes).
@@ -117,6 +122,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         gradient_checkpointing: bool = False,
         compile: bool = False,
         completion_only_head: bool = True,
+        quantization: Literal["nf4", "fp4", "int8"] | None = None,
         base_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         trust_remote_code: bool = False,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
@@ -134,6 +140,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         if lora:
             check_lora_settings(lora_r, lora_alpha, lora_dropout, lora_bias, init_lora_weights)
         check_loraplus_ratio(loraplus_lr_ratio, lora or adapter is not None)
+        check_quantization(quantization, lora or adapter is not None, compile)
         check_neftune_alpha(neftune_noise_alpha)
         if learning_rate <= 0 or not 0.0 <= warmup_ratio < 1.0:
             raise UserInputError(
@@ -156,7 +163,10 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         Under :class:`~lora_lightning.model.sharding.FSDP2Strategy`, ``fit`` then shards it."""
         if self.model is not None:
             return
-        self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision)
+        if self.device_mesh is not None and self.hparams.quantization:
+            raise QuantizationError(QUANTIZED_FSDP)
+        device = self.trainer.strategy.root_device
+        self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision, device)
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
         if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
             shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding
