@@ -9,7 +9,7 @@ CONFIGS = --config $(BASE) $(if $(filter-out $(BASE),$(CONFIG)),--config $(CONFI
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test lint bench bench-gpu quality tensorboard clean
+.PHONY: install train eval test lint bench bench-gpu bench-qlora quality tensorboard clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --device cuda $(ARGS)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --device cuda --variants $(ARGS)
 	$(PY) benchmarks/lora_vs_full.py --device cuda
+
+# QLoRA: an NF4 base against a bfloat16 one, memory and speed side by side (benchmarks/qlora.py; needs ../shared).
+bench-qlora: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/qlora.py $(ARGS)
 
 # LoRA vs full fine-tuning vs the base on real rows never trained on (benchmarks/quality.py; needs ../shared).
 quality: install

@@ -118,6 +118,8 @@ class BenchClock(Callback):
                 "fan_in_fan_out": peft_config.fan_in_fan_out,
             },
             "base_dtype": str(next(p.dtype for p in pl_module.model.parameters() if not p.requires_grad)),
+            "base_bytes": base_bytes(pl_module.model),
+            "quantization": hp.get("quantization"),
         }
         Path(self.out).write_text(json.dumps(record))
 
@@ -142,6 +144,14 @@ def rows_of(batch: dict) -> list[dict]:
         {"input_ids": ids[m].tolist(), "labels": labels[m].tolist()}
         for ids, labels, m in zip(batch["input_ids"], batch["labels"], mask)
     ]
+
+
+def base_bytes(model) -> int:
+    """Bytes of the frozen base's weights (parameters and buffers; a quantized weight's scales too)."""
+    from lora_lightning.model.quantization import param_bytes, tensor_bytes
+
+    frozen = sum(param_bytes(p) for p in model.parameters() if not p.requires_grad)
+    return frozen + sum(tensor_bytes(b) for b in model.buffers())
 
 
 def lora_checksum(model) -> float:

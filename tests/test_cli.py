@@ -71,7 +71,9 @@ def test_exports_adapter_in_peft_format_with_tokenizer_and_history(run):
         assert not {f for f in files if f.endswith((".bin", ".pkl", ".pt"))}
     config = json.loads((run["root"] / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(run["base"])
-    assert set(config["target_modules"]) == {"q_proj", "v_proj"} and config["r"] == 4
+    # configs/default.yaml: every linear layer of the blocks (make quality chose it), not the head
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) == linear and config["r"] == 4
     card = (run["root"] / "adapter" / "README.md").read_text()
     assert "## LoRA settings" in card and "| bool_q | 16 | 8 | 0 |" in card and "| r | 4 |" in card
     weights = load_file(run["root"] / "adapter" / "adapter_model.safetensors")

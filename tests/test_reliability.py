@@ -54,9 +54,15 @@ def history(root):
     return json.loads((root / "adapter_last" / "training_history.json").read_text())
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path):
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path, quantization):
+    if quantization:
+        pytest.importorskip("bitsandbytes", reason="the [qlora] extra (bitsandbytes) is not installed")
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run_cli(*args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2"))
+    quantized = ("--model.quantization", quantization, "--model.compile", "false") if quantization else ()
+    single = run_cli(
+        *args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2", *quantized)
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_cli(
         *args_for(
@@ -72,6 +78,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path):
             "2",
             "--trainer.accelerator",
             "cpu",
+            *quantized,
         )
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -127,12 +134,22 @@ def wait_for_steps(root, proc, steps, timeout=240):
 
 
 @pytest.mark.parametrize(
-    ("sig", "packing"), [(signal.SIGKILL, "false"), (signal.SIGTERM, "false"), (signal.SIGKILL, "true")]
+    ("sig", "packing", "quantization"),
+    [
+        (signal.SIGKILL, "false", None),
+        (signal.SIGTERM, "false", None),
+        (signal.SIGKILL, "true", None),
+        (signal.SIGKILL, "false", "nf4"),  # QLoRA: the 4-bit base is rebuilt the same on resume
+    ],
 )
-def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_path, sig, packing):
+def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_path, sig, packing, quantization):
+    if quantization:
+        pytest.importorskip("bitsandbytes", reason="the [qlora] extra (bitsandbytes) is not installed")
     every = 2
     extra = ("--data.batch_size", "2", "--trainer.max_epochs", "2", "--last_checkpoint.every_n_train_steps", str(every))
     extra += ("--data.packing", packing)
+    if quantization:
+        extra += ("--model.quantization", quantization, "--model.compile", "false")
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
     done = run_cli(*args_for(tiny_models["llama"], reference, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -170,3 +187,10 @@ def test_interrupted_fit_resumes_without_repeating_or_skipping(tiny_models, tmp_
     assert final == history(reference)["global_step"] == 24
     state = torch.load(crashed / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert {int(s["step"]) for s in state["optimizer_states"][0]["state"].values()} == {final}
+    if quantization:  # the resumed adapter is the uninterrupted one
+        from safetensors.torch import load_file
+
+        ours, theirs = (load_file(r / "adapter_last" / "adapter_model.safetensors") for r in (crashed, reference))
+        assert ours.keys() == theirs.keys() and history(crashed)["base_quantization"] == quantization
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6)

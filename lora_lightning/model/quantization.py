@@ -98,9 +98,16 @@ def is_quantized_weight(p: Any) -> bool:
 def prepare_quantized(model: Any, gradient_checkpointing: bool) -> None:
     """What training on a quantized base needs of peft's ``prepare_model_for_kbit_training``: with
     gradient checkpointing, the input embeddings' output requires grad. (Its float32 copy of every
-    non-quantized weight is left out: see the module docstring.)"""
+    non-quantized weight is left out: see the module docstring.) And on CPU, 4-bit layers keep the
+    layout they train with through evaluation."""
     if gradient_checkpointing:
         model.enable_input_require_grads()
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            # bitsandbytes 0.50 repacks a 4-bit weight for its CPU inference kernel at the first eval
+            # forward and keeps that layout: later training steps then run the inference kernel (no
+            # gradient path; an in-place bias add that autograd refuses). Training alternates with eval.
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantized_summary(model: Any) -> tuple[int, int]:
