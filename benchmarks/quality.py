@@ -25,7 +25,8 @@ optimizer steps over the same tokens. Only the recipe differs:
 The budget of the default run: one epoch over 150 training rows of bool_q, paws and common_gen and
 80 of xsum (the project carves 10% of them for selection: about 60 optimizer steps of 8 rows), two
 full-fine-tuning rates, four or five LoRA arms, eager (no ``torch.compile``: it costs a minute a fit
-here and changes no number compared); under an hour on 2 CPU cores. Held out: bool_q 100, paws 100,
+here and changes no number compared); about an hour on 2 CPU cores (66 min measured 2026-12-02 with
+other work on the cores part of the time). Held out: bool_q 100, paws 100,
 xsum 30 rows and common_gen 15 concept sets (about 60 rows).
 
 It prints one table: every task's metrics per arm (accuracies with a 95% Wilson interval and the
