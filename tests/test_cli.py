@@ -73,7 +73,8 @@ def test_exports_adapter_in_peft_format_with_tokenizer_and_history(run):
     assert config["base_model_name_or_path"] == str(run["base"])
     # configs/default.yaml: every linear layer of the blocks (make quality chose it), not the head
     linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert set(config["target_modules"]) == linear and config["r"] == 4
+    # (peft stores all-linear as the full module names it chose)
+    assert {name.rsplit(".", 1)[-1] for name in config["target_modules"]} == linear and config["r"] == 4
     card = (run["root"] / "adapter" / "README.md").read_text()
     assert "## LoRA settings" in card and "| bool_q | 16 | 8 | 0 |" in card and "| r | 4 |" in card
     weights = load_file(run["root"] / "adapter" / "adapter_model.safetensors")
@@ -94,7 +95,7 @@ def test_checkpoints_hold_only_trainable_weights(run):
     ckpts = list((run["root"] / "ckpt").glob("*.ckpt"))
     assert {c.name for c in ckpts} >= {"last.ckpt"} and len(ckpts) == 2
     for ckpt in ckpts:
-        assert ckpt.stat().st_size < 0.10 * base_bytes
+        assert ckpt.stat().st_size < 0.25 * base_bytes  # LoRA on every linear layer of a tiny model: ~17%
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
         assert state["optimizer_states"] and state["lr_schedulers"]

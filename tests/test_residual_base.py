@@ -33,7 +33,7 @@ def trained_adapter(base: str, tokenizer, folder, init: str) -> str:
 
 def scored(module: LoRAModule, batches: list[list[dict]]) -> dict[str, list[dict]]:
     """What ``test`` scores per mode, on a module configured as the Trainer would (float32)."""
-    module.trainer = SimpleNamespace(precision="32-true", estimated_stepping_batches=1)
+    module.trainer = SimpleNamespace(precision="32-true", estimated_stepping_batches=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
     module.configure_model()
     module.model.eval()
     for i, batch in enumerate(batches):
@@ -64,7 +64,7 @@ def test_base_column_is_the_freshly_loaded_base_and_adapter_column_plain_peft(
     assert scores(table["base"]) == scores(fresh)
     # the adapter column: what plain peft computes with the adapter on a fresh base
     plain = LoRAModule(model_name=base, lora=False)
-    plain.trainer = SimpleNamespace(precision="32-true")
+    plain.trainer = SimpleNamespace(precision="32-true", strategy=SimpleNamespace(root_device=torch.device("cpu")))
     plain.configure_model()
     plain.model = PeftModel.from_pretrained(plain.model, adapter).eval()
     plain.eval_modes = lambda: ["model"]

@@ -170,7 +170,10 @@ def task_config(task: str, data_file: Path, example: Mapping[str, Any], eos: str
             output_type="multiple_choice",
             doc_to_choice="{{choices}}",
             doc_to_target="{{label}}",
-            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            metric_list=[
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            ],
         )
     else:
         config.update(
