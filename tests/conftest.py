@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_zygote import Zygote
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +31,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO = REPO / "lora_lightning" / "data" / "demo"
 EOS = "<|endoftext|>"
 ARCHS = ("gpt2", "gpt_neox", "llama")
+ZYGOTE = Zygote()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_zygote():
+    yield
+    ZYGOTE.close()
 
 
 def corpus() -> list[str]:
@@ -117,13 +127,18 @@ def examples(tiny_models):
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: int = 300, warnings: bool = False
+    *args: str, cwd: Path | None = None, timeout: int = 600, warnings: bool = False, fresh: bool = False
 ) -> subprocess.CompletedProcess:
     """``python -m lora_lightning ARGS`` as a user runs it, offline (in the repo unless ``cwd``); Python
-    warnings are silenced unless ``warnings``."""
+    warnings are silenced unless ``warnings``. The process is forked from a zygote that has done the
+    imports (``cli_zygote``: the same run, without Python's start-up); ``fresh`` (or ``warnings``, whose
+    import-time part only a new interpreter shows) starts a new interpreter, for runs whose process is
+    the point: DDP and FSDP ranks, what a user sees printed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if not warnings:
         env["PYTHONWARNINGS"] = "ignore"
+    if not (fresh or warnings):
+        return ZYGOTE.run(list(args), Path(cwd or REPO), env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "lora_lightning", *args],
         cwd=cwd or REPO,
@@ -132,6 +147,28 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+DEFAULT_CONFIG = str(REPO / "configs" / "default.yaml")
+
+
+def tiny_fit_args(model: Path, root: Path, keys: dict | None = None, *extra: str, overlays: tuple = ()) -> list[str]:
+    """``fit`` of configs/default.yaml (then each of ``overlays``, file names under configs/) on a tiny
+    model at LoRA rank 4, every output (the data cache too) under ``root``. ``keys`` sets config keys
+    (``{"data.batch_size": 2}`` is ``--data.batch_size 2``); ``extra`` goes last, as it is."""
+    settings = {
+        "model.model_name": model,
+        "model.lora_r": 4,
+        "trainer.default_root_dir": root,
+        "data.cache_dir": Path(root) / "cache",
+        **(keys or {}),
+    }
+    args = ["fit", "--config", DEFAULT_CONFIG]
+    for overlay in overlays:
+        args += ["--config", str(REPO / "configs" / overlay)]
+    for key, value in settings.items():
+        args += [f"--{key}", str(value)]
+    return args + list(extra)
 
 
 def needs_shared_data(task: str) -> Path:

@@ -5,41 +5,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import DEFAULT_CONFIG, REPO, run_cli, tiny_fit_args
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 
-DEFAULT_CONFIG = str(REPO / "configs" / "default.yaml")
-
-
 def fit_args(model: Path, root: Path, *extra: str) -> list[str]:
     """A short fit of the default config on a tiny model; every output (data cache too) under ``root``."""
-    return [
-        "fit",
-        "--config",
-        DEFAULT_CONFIG,
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.cache_dir",
-        str(root / "data_cache"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--data.max_examples_per_task",
-        "16",
-        "--data.max_val_examples_per_task",
-        "8",
-        "--data.batch_size",
-        "4",
-        *extra,
-    ]
+    keys = {
+        "trainer.max_epochs": 1,
+        "trainer.log_every_n_steps": 1,
+        "data.max_examples_per_task": 16,
+        "data.max_val_examples_per_task": 8,
+        "data.batch_size": 4,
+    }
+    return tiny_fit_args(model, root, keys, *extra)
 
 
 @pytest.fixture(scope="module")

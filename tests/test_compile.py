@@ -92,6 +92,7 @@ def test_default_config_compiles_the_fit(tiny_models, tmp_path, monkeypatch):
         *("--trainer.max_epochs", "1", "--trainer.precision", "32-true", "--data.batch_size", "4"),
         *("--data.max_examples_per_task", "8", "--data.max_val_examples_per_task", "4"),
         *("--data.cache_dir", str(tmp_path / "cache")),
+        fresh=True,  # dynamo reads TORCH_COMPILE_DISABLE at import
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "model.compile: 2 decoder blocks compiled for training steps" in done.stdout + done.stderr

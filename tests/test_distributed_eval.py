@@ -31,7 +31,7 @@ def test_ddp_test_scores_each_example_once_and_matches_one_process(tiny_models, 
     args = ("--data.eval_examples_per_task", "5", "--data.batch_size", "2", "--data.max_length", "256")
     one = run_cli("test", *common(tiny_models["llama"], tmp_path / "one"), *args)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli("test", *common(tiny_models["llama"], tmp_path / "two"), *args, *DDP)
+    two = run_cli("test", *common(tiny_models["llama"], tmp_path / "two"), *args, *DDP, fresh=True)
     assert two.returncode == 0, two.stderr[-3000:]
     # 15 examples in 9 batches (3 per task) over 2 ranks: the sampler repeats one batch to make 10
     title = (tmp_path / "two" / "eval_results.md").read_text().splitlines()[0]
@@ -58,6 +58,7 @@ def test_ddp_predict_writes_every_row_once_in_input_order(tiny_models, tmp_path)
         str(out),
         "--model.max_new_tokens",
         "4",
+        fresh=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -38,7 +38,7 @@ def test_fsdp_on_two_processes_trains_the_adapter_of_one_process(tiny_models, tm
     one, two = tmp_path / "one", tmp_path / "fsdp"
     single = run_cli(*args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2"))
     assert single.returncode == 0, single.stderr[-3000:]
-    sharded = run_cli(*fsdp_args(tiny_models["llama"], two, "--trainer.max_epochs", "2"))
+    sharded = run_cli(*fsdp_args(tiny_models["llama"], two, "--trainer.max_epochs", "2"), fresh=True)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     output = sharded.stdout + sharded.stderr
 
@@ -92,7 +92,7 @@ def test_fsdp_killed_run_resumes_with_the_same_batches(tiny_models, tmp_path):
     every = 2
     extra = ("--trainer.max_epochs", "2", "--last_checkpoint.every_n_train_steps", str(every))
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    done = run_cli(*fsdp_args(tiny_models["llama"], reference, *extra))
+    done = run_cli(*fsdp_args(tiny_models["llama"], reference, *extra), fresh=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
     with open(tmp_path / "first.log", "w") as log:

@@ -7,41 +7,24 @@ import shutil
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, tiny_fit_args
 
 from lora_lightning import AdapterCheckpoint, FlanDataModule, LoRAModule
 from lora_lightning.cli import main
 from lora_lightning.errors import TrainingHalted
 
 pytestmark = pytest.mark.slow
-CONFIG = str(REPO / "configs" / "default.yaml")
 
 
 def fit_args(model, root, *extra):
-    return [
-        "fit",
-        "--config",
-        CONFIG,
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--data.max_examples_per_task",
-        "4",
-        "--data.max_val_examples_per_task",
-        "2",
-        "--data.batch_size",
-        "4",
-        "--samples.samples_per_task",
-        "0",
-        "--trainer.max_epochs",
-        "1",
-        *extra,
-    ]
+    keys = {
+        "data.max_examples_per_task": 4,
+        "data.max_val_examples_per_task": 2,
+        "data.batch_size": 4,
+        "samples.samples_per_task": 0,
+        "trainer.max_epochs": 1,
+    }
+    return tiny_fit_args(model, root, keys, *extra)
 
 
 def snapshot(root):

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS, REPO, run_cli
+from conftest import ARCHS, run_cli, tiny_fit_args
 from safetensors.torch import load_file
 
 from lora_lightning import FlanDataModule, LoRAModule
@@ -17,8 +17,6 @@ from lora_lightning.data.tokenization import IGNORE_INDEX, CausalLMCollator, Pac
 from lora_lightning.errors import UserInputError
 from lora_lightning.model.building import build_model
 from lora_lightning.model.packing import check_packing
-
-CONFIG = str(REPO / "configs" / "default.yaml")
 
 
 def lora_module(folder, attn="sdpa", completion_only_head=True):
@@ -145,36 +143,18 @@ def test_loaders_pack_training_and_validation_only(tiny_models):
 
 
 def fit(root, model, *extra):
+    keys = {
+        "model.lora_dropout": 0,
+        "model.learning_rate": 0.01,
+        "trainer.max_epochs": 1,
+        "trainer.precision": "32-true",
+        "samples.samples_per_task": 0,
+        "data.max_examples_per_task": 8,
+        "data.max_val_examples_per_task": 4,
+        "data.batch_size": 4,
+    }
     done = run_cli(
-        "fit",
-        "--config",
-        CONFIG,
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--model.lora_dropout",
-        "0",
-        "--model.learning_rate",
-        "0.01",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.precision",
-        "32-true",
-        "--samples.samples_per_task",
-        "0",
-        "--data.max_examples_per_task",
-        "8",
-        "--data.max_val_examples_per_task",
-        "4",
-        "--data.batch_size",
-        "4",
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit",
-        *extra,
+        *tiny_fit_args(model, root, keys, "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit", *extra)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     audit = [json.loads(line) for line in (root / "sample_audit" / "rank0.jsonl").read_text().splitlines()]

@@ -41,7 +41,9 @@ def module_with_model(folder, **kwargs):
     """A LoRAModule with its model built by ``configure_model``, on a stand-in trainer (float32, 10 steps)."""
     torch.manual_seed(0)
     module = LoRAModule(model_name=str(folder), lora_r=4, lora_dropout=0.0, **kwargs)
-    module.trainer = SimpleNamespace(precision="32-true", estimated_stepping_batches=10, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.trainer = SimpleNamespace(
+        precision="32-true", estimated_stepping_batches=10, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
     module.configure_model()
     return module
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tiny_fit_args
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
@@ -110,36 +110,16 @@ def test_bitsandbytes_is_imported_without_fetching_hub_kernels():
 
 
 def qlora_fit(model, root, *extra):
-    return run_cli(
-        "fit",
-        "--config",
-        CONFIG,
-        "--config",
-        QLORA,
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--model.lora_dropout",
-        "0",
-        "--model.learning_rate",
-        "0.01",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--trainer.max_epochs",
-        "2",
-        "--data.max_examples_per_task",
-        "12",
-        "--data.max_val_examples_per_task",
-        "6",
-        "--data.batch_size",
-        "4",
-        "--samples.samples_per_task",
-        "0",
-        *extra,
-    )
+    keys = {
+        "model.lora_dropout": 0,
+        "model.learning_rate": 0.01,
+        "trainer.max_epochs": 2,
+        "data.max_examples_per_task": 12,
+        "data.max_val_examples_per_task": 6,
+        "data.batch_size": 4,
+        "samples.samples_per_task": 0,
+    }
+    return run_cli(*tiny_fit_args(model, root, keys, *extra, overlays=("qlora.yaml",)))
 
 
 @pytest.mark.slow

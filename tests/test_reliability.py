@@ -9,40 +9,21 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tiny_fit_args
 
 pytestmark = pytest.mark.slow
-CONFIG = str(REPO / "configs" / "default.yaml")
 
 
 def args_for(model, root, *extra):
-    return [
-        "fit",
-        "--config",
-        CONFIG,
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--model.learning_rate",
-        "0.01",
-        "--model.lora_dropout",
-        "0",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--data.max_examples_per_task",
-        "8",
-        "--data.max_val_examples_per_task",
-        "4",
-        "--samples.samples_per_task",
-        "0",
-        "--trainer.precision",
-        "32-true",
-        "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit",
-        *extra,
-    ]
+    keys = {
+        "model.learning_rate": 0.01,
+        "model.lora_dropout": 0,
+        "data.max_examples_per_task": 8,
+        "data.max_val_examples_per_task": 4,
+        "samples.samples_per_task": 0,
+        "trainer.precision": "32-true",
+    }
+    return tiny_fit_args(model, root, keys, "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit", *extra)
 
 
 def audit(root, rank=0):
@@ -79,7 +60,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_models, tmp_path, qua
             "--trainer.accelerator",
             "cpu",
             *quantized,
-        )
+        ),
+        fresh=True,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # both ranks trained, on disjoint shards that together are the whole training set, each epoch

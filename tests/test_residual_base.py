@@ -33,7 +33,9 @@ def trained_adapter(base: str, tokenizer, folder, init: str) -> str:
 
 def scored(module: LoRAModule, batches: list[list[dict]]) -> dict[str, list[dict]]:
     """What ``test`` scores per mode, on a module configured as the Trainer would (float32)."""
-    module.trainer = SimpleNamespace(precision="32-true", estimated_stepping_batches=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.trainer = SimpleNamespace(
+        precision="32-true", estimated_stepping_batches=1, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
     module.configure_model()
     module.model.eval()
     for i, batch in enumerate(batches):

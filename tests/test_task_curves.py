@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tiny_fit_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lora_lightning.evaluation.runs import read_run
@@ -14,32 +14,15 @@ TASKS = ("bool_q", "common_gen", "xsum")
 
 
 def fit(model, root, *extra):
-    done = run_cli(
-        "fit",
-        "--config",
-        str(REPO / "configs" / "default.yaml"),
-        "--model.model_name",
-        str(model),
-        "--model.lora_r",
-        "4",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.cache_dir",
-        str(root / "cache"),
-        "--data.max_examples_per_task",
-        "8",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--samples.samples_per_task",
-        "0",
-        "--data.batch_size",
-        "4",
-        "--trainer.precision",
-        "32-true",
-        *extra,
-    )
+    keys = {
+        "data.max_examples_per_task": 8,
+        "trainer.max_epochs": 2,
+        "trainer.log_every_n_steps": 1,
+        "samples.samples_per_task": 0,
+        "data.batch_size": 4,
+        "trainer.precision": "32-true",
+    }
+    done = run_cli(*tiny_fit_args(model, root, keys, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
