@@ -9,7 +9,7 @@ CONFIGS = --config $(BASE) $(if $(filter-out $(BASE),$(CONFIG)),--config $(CONFI
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test lint bench bench-gpu bench-qlora quality tensorboard clean
+.PHONY: install train eval test test-fast lint bench bench-gpu bench-qlora quality tensorboard clean
 
 install: $(STAMP)
 
@@ -30,8 +30,15 @@ train: install
 eval: install
 	$(VENV)/bin/lora-lightning test $(CONFIGS) --model.adapter $(RUN)/adapter
 
+# The suite on $(WORKERS) pytest-xdist workers, a test file per worker (a module's shared fit runs once);
+# `make test WORKERS=0` runs it in one process. test-fast: everything but the end-to-end runs (-m "not slow").
+WORKERS ?= 2
+XDIST   = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(XDIST) $(ARGS)
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 # ruff (lint and format) and the import-layer contract of setup.cfg (docs/architecture.md).
 lint: install

@@ -10,13 +10,14 @@ from conftest import REPO, SHARED_DATA, needs_shared_data
 pytestmark = pytest.mark.slow
 
 
-def run(script, *args):
+def run(script, *args, compile=True):
+    """A benchmark script in a clean environment; ``compile=False`` runs its workers eager (dynamo off):
+    for harness checks of many runs, where compiling each would cost minutes and test nothing new."""
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": "/tmp"}
+    if not compile:
+        env["TORCH_COMPILE_DISABLE"] = "1"
     return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": "/tmp"},
+        [sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=900, env=env
     )
 
 
@@ -67,7 +68,10 @@ def test_lora_vs_full_measures_memory_and_files(tmp_path):
 
 def test_option_variants_run(real_rows, tiny_models, tmp_path):
     out = tmp_path / "bench.md"
-    done = run("bench.py", "--smoke", "--variants", "--model", str(tiny_models["gpt2"]), "--output", str(out))
+    # eight runs; the compiled default is run by the test above
+    done = run(
+        "bench.py", "--smoke", "--variants", "--model", str(tiny_models["gpt2"]), "--output", str(out), compile=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "variants.md").read_text()
     options = ("default", "fp32 (32-true", "float32 base", "old head", "full-logits head", "gradient checkpointing")
