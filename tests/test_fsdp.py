@@ -34,11 +34,18 @@ def held_per_rank(output):
     return [float(x) for x in line.group(1).split(" / ")], float(line.group(2))
 
 
-def test_fsdp_on_two_processes_trains_the_adapter_of_one_process(tiny_models, tmp_path):
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_fsdp_on_two_processes_trains_the_adapter_of_one_process(tiny_models, tmp_path, quantization):
+    """nf4: FSDP-QLoRA, the 4-bit base stored in the base dtype so that FSDP2 shards it with the rest."""
+    if quantization:
+        pytest.importorskip("bitsandbytes", reason="the [qlora] extra (bitsandbytes) is not installed")
+    quantized = ("--model.quantization", quantization, "--model.compile", "false") if quantization else ()
     one, two = tmp_path / "one", tmp_path / "fsdp"
-    single = run_cli(*args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2"))
+    single = run_cli(
+        *args_for(tiny_models["llama"], one, "--data.batch_size", "4", "--trainer.max_epochs", "2", *quantized)
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    sharded = run_cli(*fsdp_args(tiny_models["llama"], two, "--trainer.max_epochs", "2"), fresh=True)
+    sharded = run_cli(*fsdp_args(tiny_models["llama"], two, "--trainer.max_epochs", "2", *quantized), fresh=True)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     output = sharded.stdout + sharded.stderr
 

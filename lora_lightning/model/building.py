@@ -112,14 +112,20 @@ def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
 
 
 def load_base(
-    base_path: str, hp: Mapping[str, Any], dtype: str, precision: str | None, device: torch.device | None
+    base_path: str,
+    hp: Mapping[str, Any],
+    dtype: str,
+    precision: str | None,
+    device: torch.device | None,
+    sharded: bool = False,
 ) -> Any:
     """The frozen base in ``dtype``; with ``model.quantization`` its linear layers quantized, on
-    ``device`` (a CUDA device quantizes as it loads)."""
+    ``device`` (a CUDA device quantizes as it loads); a base FSDP2 will shard (``sharded``) stores its
+    4-bit weights in ``dtype`` too."""
     kind = hp.get("quantization")
     if not kind:
         return load_causal_lm(base_path, hp["trust_remote_code"], dtype=dtype)
-    config = quantization_config(kind, precision)
+    config = quantization_config(kind, precision, getattr(torch, dtype) if sharded else None)
     on_device = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
     model = load_causal_lm(base_path, hp["trust_remote_code"], dtype, quantization_config=config, **on_device)
     prepare_quantized(model, hp["gradient_checkpointing"])
@@ -127,18 +133,18 @@ def load_base(
 
 
 def build_model(
-    hp: Mapping[str, Any], precision: str | None = None, device: torch.device | None = None
+    hp: Mapping[str, Any], precision: str | None = None, device: torch.device | None = None, sharded: bool = False
 ) -> tuple[Any, Any, str]:
     """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters, the
-    Trainer's ``precision`` (which ``base_dtype: auto`` follows) and its device (where a quantized
-    base is quantized)."""
+    Trainer's ``precision`` (which ``base_dtype: auto`` follows), its device (where a quantized
+    base is quantized) and whether FSDP2 will shard it."""
     name = hp["model_name"] or (adapter_base(hp["adapter"]) if hp["adapter"] else EMBEDDED_MODEL)
     lora = bool(hp["lora"] or hp["adapter"])
     check_quantization(hp.get("quantization"), lora)
     dtype = resolve_base_dtype(hp.get("base_dtype", "auto"), lora, precision)
     base_path = resolve_model_path(name, hp["base_cache_dir"])
     tokenizer = load_tokenizer(hp["adapter"] or base_path, hp["trust_remote_code"])
-    model = load_base(base_path, hp, dtype, precision, device)
+    model = load_base(base_path, hp, dtype, precision, device, sharded)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if hp["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

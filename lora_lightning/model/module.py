@@ -27,7 +27,7 @@ from lora_lightning.model.loss import sequence_losses
 from lora_lightning.model.neftune import check_neftune_alpha
 from lora_lightning.model.optim import build_optimizer, check_loraplus_ratio, warmup_then_decay
 from lora_lightning.model.packing import check_packing
-from lora_lightning.model.quantization import QUANTIZED_FSDP, QuantizationError, check_quantization
+from lora_lightning.model.quantization import check_quantization
 from lora_lightning.model.residual_base import scoring_base
 from lora_lightning.model.scoring import score_examples
 from lora_lightning.model.sharding import shard_model
@@ -163,10 +163,11 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
         Under :class:`~lora_lightning.model.sharding.FSDP2Strategy`, ``fit`` then shards it."""
         if self.model is not None:
             return
-        if self.device_mesh is not None and self.hparams.quantization:
-            raise QuantizationError(QUANTIZED_FSDP)
         device = self.trainer.strategy.root_device
-        self.model, self.tokenizer, self.base_model_path = build_model(self.hparams, self.trainer.precision, device)
+        sharded = self.device_mesh is not None
+        self.model, self.tokenizer, self.base_model_path = build_model(
+            self.hparams, self.trainer.precision, device, sharded
+        )
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
         if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
             shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding

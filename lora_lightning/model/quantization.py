@@ -33,10 +33,6 @@ from lora_lightning.errors import UserInputError
 from lora_lightning.offline_imports import import_bitsandbytes
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
-QUANTIZED_FSDP = (
-    "model.quantization does not work with configs/fsdp.yaml (FSDP2 cannot shard bitsandbytes' packed "
-    "weights); train a quantized base with one device or configs/ddp.yaml"
-)
 EXTRA = "pip install 'lora-lightning[qlora]' (or make install)"
 
 
@@ -76,8 +72,12 @@ def compute_dtype(precision: str | None) -> torch.dtype:
     return torch.float32
 
 
-def quantization_config(kind: str, precision: str | None) -> Any:
-    """transformers' ``BitsAndBytesConfig`` for ``kind``: 4-bit with double quantization, or 8-bit."""
+def quantization_config(kind: str, precision: str | None, storage: torch.dtype | None = None) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``kind``: 4-bit with double quantization, or 8-bit.
+
+    ``storage``: the dtype the packed 4-bit weights are stored as (bitsandbytes' default is uint8).
+    FSDP2 (configs/fsdp.yaml) shards a 4-bit base stored in the dtype of the rest of the model, as
+    the FSDP-QLoRA recipe does; the bytes are the same, the element count is divided by its size."""
     from transformers import BitsAndBytesConfig
 
     if kind == "int8":
@@ -87,6 +87,7 @@ def quantization_config(kind: str, precision: str | None) -> Any:
         bnb_4bit_quant_type=kind,
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(precision),
+        bnb_4bit_quant_storage=storage or torch.uint8,
     )
 
 
