@@ -55,7 +55,6 @@ class Zygote:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
-        self.lock = threading.Lock()
 
     def start(self, cwd: Path) -> subprocess.Popen:
         if self.process is None or self.process.poll() is not None:
@@ -71,7 +70,7 @@ class Zygote:
         return self.process
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-        with self.lock, tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             zygote = self.start(cwd)
             request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}

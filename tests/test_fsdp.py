@@ -8,12 +8,11 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli
 from safetensors.torch import load_file
 from test_reliability import args_for, audit, history, start_fit, wait_for_steps
 
 pytestmark = pytest.mark.slow
-FSDP = str(REPO / "configs" / "fsdp.yaml")
 
 
 def wait_until_gone(pattern, timeout=120):
@@ -24,8 +23,9 @@ def wait_until_gone(pattern, timeout=120):
 
 
 def fsdp_args(model, root, *extra):
-    args = args_for(model, root, "--data.batch_size", "2", "--trainer.accelerator", "cpu", *extra)
-    return args[:3] + ["--config", FSDP] + args[3:]  # the overlay right after the default config
+    return args_for(
+        model, root, "--data.batch_size", "2", "--trainer.accelerator", "cpu", *extra, overlays=("fsdp.yaml",)
+    )
 
 
 def held_per_rank(output):

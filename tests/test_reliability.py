@@ -14,7 +14,7 @@ from conftest import REPO, run_cli, tiny_fit_args
 pytestmark = pytest.mark.slow
 
 
-def args_for(model, root, *extra):
+def args_for(model, root, *extra, overlays=()):
     keys = {
         "model.learning_rate": 0.01,
         "model.lora_dropout": 0,
@@ -23,7 +23,8 @@ def args_for(model, root, *extra):
         "samples.samples_per_task": 0,
         "trainer.precision": "32-true",
     }
-    return tiny_fit_args(model, root, keys, "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit", *extra)
+    sample_audit = "--trainer.callbacks+=lora_lightning.callbacks.SampleAudit"
+    return tiny_fit_args(model, root, keys, sample_audit, *extra, overlays=overlays)
 
 
 def audit(root, rank=0):

@@ -169,7 +169,7 @@ class LoRAModule(TrainableCheckpointing, LightningModule):
             self.hparams, self.trainer.precision, device, sharded
         )
         self.prompt_format = resolve_prompt_format(self.hparams.prompt_format, self.tokenizer, self.hparams.adapter)
-        if self.device_mesh is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        if sharded and self.trainer.state.fn == TrainerFn.FITTING:
             shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2 (configs/fsdp.yaml): model.sharding
         if self.hparams.compile and self.trainer.state.fn == TrainerFn.FITTING:
             compile_blocks(self.model, self.trainer.strategy.root_device.type)  # training steps: model.compiling
