@@ -87,8 +87,6 @@ class LoRALightningCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "adapter_export.dirpath")
         for key in ("trust_remote_code", "base_cache_dir"):
             parser.link_arguments(f"model.{key}", f"data.{key}")
-        for key in ("prompt_format", "max_length"):  # the module scores and generates as the data was laid out
-            parser.link_arguments(f"data.{key}", f"model.{key}")
         parser.link_arguments(("model.adapter", "model.model_name"), "data.tokenizer", compute_fn=tokenizer_source)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:

@@ -12,6 +12,7 @@ from conftest import REPO, run_cli, tiny_fit_args
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
 from lora_lightning.model.building import build_model
+from lora_lightning.model.settings import ModelSettings
 from lora_lightning.model.quantization import check_quantization, param_bytes, quantized_summary
 
 bnb = pytest.importorskip("bitsandbytes", reason="the [qlora] extra (bitsandbytes) is not installed")
@@ -40,7 +41,7 @@ def test_the_base_linear_layers_are_really_4bit(tiny_models, arch):
     from transformers import AutoModelForCausalLM
 
     hp = LoRAModule(model_name=str(tiny_models[arch]), quantization="nf4", lora_r=4).hparams
-    model, _, _ = build_model(hp, "bf16-mixed")
+    model = build_model(ModelSettings.from_hparams(hp), None, "bf16-mixed").model
     full = AutoModelForCausalLM.from_pretrained(tiny_models[arch])
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     shapes = decoder_linear_shapes(full)

@@ -38,9 +38,11 @@ def scored(module: LoRAModule, batches: list[list[dict]]) -> dict[str, list[dict
     )
     module.configure_model()
     module.model.eval()
+    out: dict[str, list[dict]] = {}
     for i, batch in enumerate(batches):
-        module.test_step(batch, i)
-    return module.scored
+        for mode, rows in module.test_step(batch, i)["scored"].items():
+            out.setdefault(mode, []).extend(rows)
+    return out
 
 
 def scores(rows: list[dict]) -> list[tuple]:
@@ -70,7 +72,6 @@ def test_base_column_is_the_freshly_loaded_base_and_adapter_column_plain_peft(
     plain.configure_model()
     plain.model = PeftModel.from_pretrained(plain.model, adapter).eval()
     plain.eval_modes = lambda: ["model"]
-    for i, batch in enumerate(batches):
-        plain.test_step(batch, i)
-    assert scores(table["adapter"]) == scores(plain.scored["model"])
+    plain_rows = [row for i, batch in enumerate(batches) for row in plain.test_step(batch, i)["scored"]["model"]]
+    assert scores(table["adapter"]) == scores(plain_rows)
     assert [r["loss_sum"] for r in table["adapter"]] != pytest.approx([r["loss_sum"] for r in fresh], abs=1e-3)

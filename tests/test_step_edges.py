@@ -125,7 +125,7 @@ def assert_each_step_is_the_definition(steps, module, memory):
             torch.testing.assert_close(
                 actual, expected, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, where=where: f"{where}: {m}"
             )
-    history = {s: loss for s, loss in module.step_loss.history["train_loss"]}  # also steps before a resume
+    history = {s: loss for s, loss in module.history["train_loss"]}  # also steps before a resume
     assert {s["step"]: history.get(s["step"]) for s in steps} == pytest.approx(
         {s["step"]: s["loss"] for s in steps}, rel=1e-5
     )
@@ -140,7 +140,7 @@ def test_a_window_cut_by_limit_train_batches_is_normalised_by_its_own_tokens(tin
     assert [(s["epoch"], s["batches"]) for s in steps] == [(0, [0, 1, 2, 3]), (0, [4]), (1, [0, 1, 2, 3]), (1, [4])]
     assert_each_step_is_the_definition(steps, module, memory)
     # epoch 2's first step logs its own mean, nothing of epoch 1's last window
-    assert module.step_loss.history["train_loss"][2] == [3, pytest.approx(steps[2]["loss"], rel=1e-5)]
+    assert module.history["train_loss"][2] == [3, pytest.approx(steps[2]["loss"], rel=1e-5)]
 
 
 def test_an_epoch_that_is_not_a_multiple_of_accumulate_ends_with_its_own_short_window(tiny_models, tmp_path):

@@ -70,7 +70,7 @@ def test_accumulation_gives_the_gradient_of_the_whole_batch(tiny_models, tmp_pat
     assert "position_ids" in batch  # packed (data.packing is on by default): transformers' own loss on packed rows
     with torch.no_grad(), module.model.disable_adapter():
         own = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss
-    assert module.step_loss.history["train_loss"][0][1] == pytest.approx(float(own), abs=1e-5)
+    assert module.history["train_loss"][0][1] == pytest.approx(float(own), abs=1e-5)
     assert {len(x) for x in data.train_set["labels"]} != 1  # the rows really differ in length
     for batch_size, accumulate in ((4, 2), (2, 4)):
         grads, _, _ = one_step(tiny_models["llama"], tmp_path, batch_size, accumulate)

@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.atomic_write import atomic_folder, check_writable_folder
+from lora_lightning.callbacks.task_curves import TaskCurves
 from lora_lightning.errors import UserInputError
 from lora_lightning.evaluation.loss_plot import LOSS_PLOT, plot_loss_curves
 from lora_lightning.hub import check_hub_access, model_card, push_folder, training_settings
@@ -128,7 +129,8 @@ class AdapterCheckpoint(Callback):
                 "train_seconds": round(time.monotonic() - self._started, 1),
                 "log_dir": self.log_dir,
                 **(trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}),
-                **pl_module.step_loss.history,
+                **pl_module.history,
+                **run_records(trainer),
             }
             (tmp / "training_history.json").write_text(json.dumps(history, indent=1))
             write_prompt_format(tmp, pl_module.prompt_format)
@@ -156,3 +158,12 @@ class AdapterCheckpoint(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_step = state_dict.get("best_step")
+
+
+def run_records(trainer: Trainer) -> dict[str, Any]:
+    """What the run's other callbacks record for its history (each one's ``record()``: the realised mix)."""
+    out: dict[str, Any] = {}
+    for callback in trainer.callbacks:
+        if isinstance(callback, TaskCurves):
+            out.update(callback.record())
+    return out

@@ -1,16 +1,15 @@
 """The results table of ``test`` (and standalone ``validate``): task metrics, base vs adapter.
 
-The module scores evaluation examples (:meth:`LoRAModule.test_step`); this callback gathers the
-scores from every rank (each example counted once: a distributed sampler's padding repeats are
-dropped), computes each task's metrics, logs them (``test/<task>/<metric>``,
-``test_base/<task>/<metric>``) and writes ``eval_results.md`` and ``.csv`` beside the adapter (or
-in the run folder). The table's title names the split each task was scored on and its row count:
-rows that neither trained the adapter nor picked it, checked before scoring against the splits the
-adapter's ``training_history.json`` records (:mod:`lora_lightning.data.split_record`). A 0-shot
-score of an adapter folder also goes into that folder's model card (``README.md``, when this
-project wrote it): the table in its evaluation section and the adapter's values as the Hub's
-``model-index`` metadata.
-"""
+The module scores evaluation examples (:meth:`LoRAModule.test_step` returns them); this callback
+collects them batch by batch (``on_test_batch_end``), then gathers them from every rank (each example
+counted once: a distributed sampler's padding repeats are dropped), computes each task's metrics, logs
+them (``test/<task>/<metric>``, ``test_base/<task>/<metric>``) and writes ``eval_results.md`` and
+``.csv`` beside the adapter (or in the run folder). The table's title names the split each task was
+scored on and its row count: rows that neither trained the adapter nor picked it, checked before scoring
+against the splits the adapter's ``training_history.json`` records
+(:mod:`lora_lightning.data.split_record`). A 0-shot score of an adapter folder also goes into that
+folder's model card (``README.md``, when this project wrote it): the table in its evaluation section and
+the adapter's values as the Hub's ``model-index`` metadata."""
 
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ class EvaluationReport(Callback):
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.scored: dict[str, list[dict]] = {}  # this epoch's records per mode, as the steps returned them
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         """Before an adapter is scored: its evaluation rows must be those held out when it was
@@ -48,11 +48,22 @@ class EvaluationReport(Callback):
             trainer.datamodule.check_adapter_splits(adapter)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        pl_module.scored = {}
+        self.scored = {}
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
-        if trainer.state.fn == "validate":
-            pl_module.scored = {}
+        self.scored = {}
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        for mode, rows in (outputs or {}).get("scored", {}).items():
+            self.scored.setdefault(mode, []).extend(rows)
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.state.fn == "validate":  # standalone validate scores evaluation examples as test does
+            self.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.state.fn == "validate":
@@ -62,8 +73,8 @@ class EvaluationReport(Callback):
         self.report(trainer, pl_module, "test")
 
     def report(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        records = {mode: unique_by(gather_objects(rows), "eval_id") for mode, rows in pl_module.scored.items()}
-        pl_module.scored = {}
+        records = {mode: unique_by(gather_objects(rows), "eval_id") for mode, rows in self.scored.items()}
+        self.scored = {}
         if not records:
             return
         dm = trainer.datamodule

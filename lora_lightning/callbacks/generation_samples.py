@@ -51,7 +51,7 @@ class GenerationSamples(Callback):
                 [e["prompt"] for e in examples],
                 budget,
                 prompt_format=pl_module.prompt_format,
-                max_prompt_tokens=prompt_budget(pl_module.hparams.max_length, budget),
+                max_prompt_tokens=prompt_budget(pl_module.data.max_length, budget),
             )
             table = ["| prompt | reference | output |", "| --- | --- | --- |"]
             table += [

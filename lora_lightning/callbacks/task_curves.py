@@ -6,8 +6,9 @@ check's pass is the step-0 "before training" point) and, at every optimizer step
 ``train/<task>/loss`` and ``train/<task>/tokens``: each task's completion-token mean over the
 step's examples of that task, summed over every micro-batch and DDP rank (a task with no example in
 a step logs 0 tokens and no loss). Weighted by their tokens, the per-task losses combine exactly
-into ``train/loss``. Each epoch's realised examples and
-completion tokens per task go into the run history (``mix_per_epoch`` in ``training_history.json``).
+into ``train/loss``. Each epoch's realised examples and completion tokens per task are kept here
+(checkpointed with the callback's state) and handed to the adapter export as ``mix_per_epoch`` in
+``training_history.json`` (:meth:`TaskCurves.record`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ class TaskCurves(Callback):
         self._window: Sums = {}
         self._epoch: Sums = {}
         self._val: Sums = {}
+        self.mix_per_epoch: list[dict[str, Any]] = []
+
+    def record(self) -> dict[str, Any]:
+        """What this callback adds to the run's history: each finished epoch's realised mix."""
+        return {"mix_per_epoch": list(self.mix_per_epoch)} if self.mix_per_epoch else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mix_per_epoch": self.mix_per_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.mix_per_epoch = list(state_dict.get("mix_per_epoch", []))
 
     # -- training ------------------------------------------------------------------------------
 
@@ -64,9 +76,7 @@ class TaskCurves(Callback):
             task: {"examples": int(n), "completion_tokens": int(tokens)}
             for task, (_, tokens, n) in sorted(self._epoch.items())
         }
-        pl_module.step_loss.history.setdefault("mix_per_epoch", []).append(
-            {"epoch": trainer.current_epoch, "tasks": mix}
-        )
+        self.mix_per_epoch.append({"epoch": trainer.current_epoch, "tasks": mix})
         self._epoch = {}
 
     # -- validation ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lora_lightning.data.cache import load_cached, save_cached
+from lora_lightning.data.handoff import DataHandoff
 from lora_lightning.data.pipeline import (
     DataSettings,
     build_tokenized,
@@ -140,6 +141,13 @@ class FlanDataModule(LightningDataModule):
             self.tokenizer = load_tokenizer(tokenizer_source(hp.tokenizer, hp.base_cache_dir), hp.trust_remote_code)
             self.prompt_format = resolve_prompt_format(hp.prompt_format, self.tokenizer, hp.tokenizer)
             rank_zero_info(f"Prompt format: {self.prompt_format} (data.prompt_format={self.hparams.prompt_format})")
+
+    def handoff(self) -> DataHandoff:
+        """What the model takes from this data (:meth:`LoRAModule.connect`): the tokenizer the rows were
+        tokenized with, the prompt format they were laid out in, and ``max_length``."""
+        self.load_tokenizer()
+        source = tokenizer_source(self.hparams.tokenizer, self.hparams.base_cache_dir)
+        return DataHandoff(self.tokenizer, source, self.prompt_format, self.hparams.max_length)
 
     def load_or_build(self) -> None:
         self.load_tokenizer()

@@ -28,7 +28,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.data.cache import cache_key, file_fingerprint, tokenizer_fingerprint
-from lora_lightning.data.eval_examples import build_eval_examples
+from lora_lightning.data.eval_examples import EvalExample, build_eval_examples
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
 from lora_lightning.data.split_record import SPLITS, iter_rows, rows_digest, split_mismatch
@@ -336,7 +336,7 @@ def evaluation_examples(
     settings: DataSettings,
     limit: int | None = None,
     unseen: Sequence[str] = (),
-) -> dict[str, list[dict]]:
+) -> dict[str, list[EvalExample]]:
     """Per task, examples of its evaluation rows (never trained on, never used to pick the adapter);
     those of the ``unseen`` tasks (never trained on at all) are marked ``unseen``."""
     out = {}
@@ -356,7 +356,7 @@ def evaluation_examples(
             shot_rows,
         )
         out[task.name] = [
-            {**e, "eval_id": f"{task.name}:{i}", "split": p.names["evaluation"], "unseen": task.name in unseen}
+            EvalExample(e, eval_id=f"{task.name}:{i}", split=p.names["evaluation"], unseen=task.name in unseen)
             for i, e in enumerate(examples)
         ]
     return out

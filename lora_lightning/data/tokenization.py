@@ -10,13 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from lora_lightning.prompts import render_completion, render_prompt
 
 IGNORE_INDEX = -100
+
+
+class Batch(TypedDict, total=False):
+    """A training or selection batch, as the collators make it and the model's loss reads it.
+
+    ``input_ids``, ``attention_mask`` and ``labels`` are always there; ``position_ids`` and
+    ``segments`` only in a packed batch (:class:`PackingCollator`); ``task`` and ``example_id`` (one
+    per example) when the examples carry them; ``step_tokens`` and ``step_end`` when the batch comes
+    from :class:`~lora_lightning.data.sampling.ResumableLoader` (the step's completion tokens on this
+    rank, and whether the batch ends its optimizer step).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    task: list[str]
+    example_id: list[int]
+    step_tokens: int
+    step_end: bool
 
 
 @dataclass
@@ -172,7 +193,7 @@ class CausalLMCollator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, batch: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Sequence[dict[str, Sequence[int]]]) -> Batch:
         longest = max(len(ex["input_ids"]) for ex in batch)
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
@@ -182,10 +203,10 @@ class CausalLMCollator:
             input_ids[row, :n] = torch.as_tensor(ex["input_ids"])
             labels[row, :n] = torch.as_tensor(ex["labels"])
             attention_mask[row, :n] = 1
-        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        out = Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         for key in ("example_id", "task"):
             if key in batch[0]:
-                out[key] = [ex[key] for ex in batch]
+                out[key] = [ex[key] for ex in batch]  # type: ignore[literal-required]
         return out
 
 
@@ -223,7 +244,7 @@ class PackingCollator(CausalLMCollator):
         super().__init__(pad_token_id)
         self.max_length = max_length
 
-    def __call__(self, batch: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Sequence[dict[str, Sequence[int]]]) -> Batch:
         lengths = [len(ex["input_ids"]) for ex in batch]
         rows = first_fit_decreasing(lengths, max(self.max_length, max(lengths)))
         longest = max(sum(lengths[i] for i in row) for row in rows)
@@ -243,14 +264,14 @@ class PackingCollator(CausalLMCollator):
                 position_ids[r, start:end] = torch.arange(lengths[i])
                 start = end
             position_ids[r, start:] = torch.arange(longest - start)
-        out = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "position_ids": position_ids,
-            "segments": segments,
-        }
+        out = Batch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=position_ids,
+            segments=segments,
+        )
         for key in ("example_id", "task"):
             if key in batch[0]:
-                out[key] = [ex[key] for ex in batch]
+                out[key] = [ex[key] for ex in batch]  # type: ignore[literal-required]
         return out

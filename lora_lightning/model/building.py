@@ -21,35 +21,22 @@ rounded once more, by about the half-precision rounding of the weight itself. NE
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.errors import UserInputError
-from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
+from lora_lightning.loading import EMBEDDED_MODEL, load_causal_lm, resolve_model_path
 from lora_lightning.model.adapters import adapter_base
 from lora_lightning.model.lora import RESIDUAL_INITS, apply_lora
 from lora_lightning.model.neftune import add_neftune
-from lora_lightning.model.quantization import (
-    check_quantization,
-    prepare_quantized,
-    quantization_config,
-    quantized_summary,
-)
-from lora_lightning.model.residual_base import attach_keeping_base
+from lora_lightning.model.peft_method import apply_peft_method
+from lora_lightning.model.quantization import prepare_quantized, quantization_config, quantized_summary
+from lora_lightning.model.residual_base import RewrittenWeights, attach_keeping_base
+from lora_lightning.model.settings import LoraSettings, ModelSettings
 
-LORA_KEYS = (
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_bias",
-    "target_modules",
-    "use_rslora",
-    "use_dora",
-    "init_lora_weights",
-)
 BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -100,12 +87,22 @@ def adapters_to_float32(model: Any) -> None:
         cast_adapter_dtype(model, name)
 
 
-def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
-    """``model`` with a fresh adapter from the LoRA keys; PiSSA/OLoRA changing the base is said once."""
-    model = apply_lora(model, *(hp[k] for k in LORA_KEYS))
-    if hp["init_lora_weights"] in RESIDUAL_INITS:
+def new_lora(model: Any, lora: LoraSettings) -> Any:
+    """``model`` with a fresh LoRA adapter; PiSSA/OLoRA changing the base is said once."""
+    model = apply_lora(
+        model,
+        lora.r,
+        lora.alpha,
+        lora.dropout,
+        lora.bias,
+        lora.target_modules,
+        lora.use_rslora,
+        lora.use_dora,
+        lora.init_lora_weights,
+    )
+    if lora.init_lora_weights in RESIDUAL_INITS:
         rank_zero_info(
-            f"init_lora_weights {hp['init_lora_weights']}: the adapted base weights are now the residual "
+            f"init_lora_weights {lora.init_lora_weights}: the adapted base weights are now the residual "
             "W - scale * B A; the adapter fits that residual (peft rebuilds it when loading the adapter)"
         )
     return model
@@ -113,7 +110,7 @@ def new_lora(model: Any, hp: Mapping[str, Any]) -> Any:
 
 def load_base(
     base_path: str,
-    hp: Mapping[str, Any],
+    settings: ModelSettings,
     dtype: str,
     precision: str | None,
     device: torch.device | None,
@@ -122,47 +119,67 @@ def load_base(
     """The frozen base in ``dtype``; with ``model.quantization`` its linear layers quantized, on
     ``device`` (a CUDA device quantizes as it loads); a base FSDP2 will shard (``sharded``) stores its
     4-bit weights in ``dtype`` too."""
-    kind = hp.get("quantization")
+    kind, remote = settings.quantization, settings.trust_remote_code
     if not kind:
-        return load_causal_lm(base_path, hp["trust_remote_code"], dtype=dtype)
+        return load_causal_lm(base_path, remote, dtype=dtype)
     config = quantization_config(kind, precision, getattr(torch, dtype) if sharded else None)
     on_device = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
-    model = load_causal_lm(base_path, hp["trust_remote_code"], dtype, quantization_config=config, **on_device)
-    prepare_quantized(model, hp["gradient_checkpointing"])
+    model = load_causal_lm(base_path, remote, dtype, quantization_config=config, **on_device)
+    prepare_quantized(model, settings.gradient_checkpointing)
     return model
 
 
+@dataclass
+class BuiltModel:
+    """What :func:`build_model` hands the module: the model in train mode, the resolved base path (what
+    the adapter names as its base), and the base weights an adapter's initialisation rewrote (the
+    "base" column of ``test`` puts them back: :mod:`.residual_base`)."""
+
+    model: Any
+    base_path: str
+    rewritten: RewrittenWeights | None = None
+
+
+def base_name(settings: ModelSettings) -> str:
+    """The base model: ``model_name``, else the one the adapter names, else the embedded model."""
+    return settings.model_name or (adapter_base(settings.adapter) if settings.adapter else EMBEDDED_MODEL)
+
+
 def build_model(
-    hp: Mapping[str, Any], precision: str | None = None, device: torch.device | None = None, sharded: bool = False
-) -> tuple[Any, Any, str]:
-    """(model in train mode, tokenizer, resolved base path) for a LoRAModule's hyperparameters, the
-    Trainer's ``precision`` (which ``base_dtype: auto`` follows), its device (where a quantized
-    base is quantized) and whether FSDP2 will shard it."""
-    name = hp["model_name"] or (adapter_base(hp["adapter"]) if hp["adapter"] else EMBEDDED_MODEL)
-    lora = bool(hp["lora"] or hp["adapter"])
-    check_quantization(hp.get("quantization"), lora)
-    dtype = resolve_base_dtype(hp.get("base_dtype", "auto"), lora, precision)
-    base_path = resolve_model_path(name, hp["base_cache_dir"])
-    tokenizer = load_tokenizer(hp["adapter"] or base_path, hp["trust_remote_code"])
-    model = load_base(base_path, hp, dtype, precision, device, sharded)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if hp["gradient_checkpointing"]:
+    settings: ModelSettings,
+    pad_token_id: int | None,
+    precision: str | None = None,
+    device: torch.device | None = None,
+    sharded: bool = False,
+) -> BuiltModel:
+    """The model of ``settings``: for the Trainer's ``precision`` (which ``base_dtype: auto`` follows),
+    its device (where a quantized base is quantized), and whether FSDP2 will shard it; generation pads
+    with the tokenizer's ``pad_token_id``."""
+    name, adapter = base_name(settings), settings.adapter
+    dtype = resolve_base_dtype(settings.base_dtype, settings.trains_adapter, precision)
+    base_path = resolve_model_path(name, settings.base_cache_dir)
+    model = load_base(base_path, settings, dtype, precision, device, sharded)
+    model.generation_config.pad_token_id = pad_token_id
+    if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hp["adapter"] is not None:
-        model = attach_keeping_base(model, hp["adapter"], trainable=True)  # PiSSA/OLoRA: the base kept for test
-    elif hp["lora"]:
-        model = new_lora(model, hp)
+    rewritten = None
+    if adapter is not None:
+        model, rewritten = attach_keeping_base(model, adapter, trainable=True)  # PiSSA/OLoRA: the base kept
+    elif settings.peft_config is not None:
+        model = apply_peft_method(model, settings.peft_config)
+    elif settings.lora is not None:
+        model = new_lora(model, settings.lora)
     trainable_to_float32(model)
-    if hp.get("neftune_noise_alpha") is not None:
-        add_neftune(model, hp["neftune_noise_alpha"])
+    if settings.neftune_noise_alpha is not None:
+        add_neftune(model, settings.neftune_noise_alpha)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    dtypes = f"frozen base in {dtype}, trained weights in float32" if lora else "float32"
-    if hp.get("quantization"):
+    dtypes = f"frozen base in {dtype}, trained weights in float32" if settings.trains_adapter else "float32"
+    if settings.quantization:
         layers, size = quantized_summary(model)
-        dtypes = f"{layers} base linear layers in {hp['quantization']} ({size / 2**20:.1f} MiB), the rest in {dtype}; "
-        dtypes += "trained weights in float32"
+        dtypes = f"{layers} base linear layers in {settings.quantization} ({size / 2**20:.1f} MiB), the rest in "
+        dtypes += f"{dtype}; trained weights in float32"
     rank_zero_info(
         f"Model {name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); {dtypes}"
     )
-    return model.train(), tokenizer, base_path  # from_pretrained returns eval mode; the Trainer switches per loop
+    return BuiltModel(model.train(), base_path, rewritten)  # from_pretrained gives eval mode; the Trainer switches

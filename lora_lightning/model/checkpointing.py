@@ -27,11 +27,11 @@ class TrainableCheckpointing:
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["loss_history"] = self.step_loss.history
+        checkpoint["loss_history"] = self.history
         checkpoint["base_model_path"] = self.base_model_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.step_loss.history = checkpoint.get("loss_history", self.step_loss.history)
+        self.history = checkpoint.get("loss_history", self.history)
         if "state_dict" not in checkpoint:
             return  # FSDP2: the strategy has loaded the weights into their shards already
         state = checkpoint["state_dict"]

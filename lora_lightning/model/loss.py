@@ -9,7 +9,7 @@ plain full-logits path, so the loss is always the model's own.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from lora_lightning.data.tokenization import IGNORE_INDEX
 from lora_lightning.model.fused_head import chunked_token_losses
 
-SHARDED_LOSS = "lora_lightning_token_losses"
-"""Name of the FSDP forward method a sharded model computes its token losses with (:mod:`.sharding`)."""
+TokenLosses = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""A :func:`compute_token_losses` bound to its model (what :func:`~.sharding.shard_model` returns)."""
 
 # Config attributes of models whose logits are not just ``lm_head(hidden)``.
 LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -64,11 +64,19 @@ def sequence_losses(
     completion_only_head: bool = True,
     position_ids: torch.Tensor | None = None,
     segments: torch.Tensor | None = None,
+    compute: TokenLosses | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, or per example with ``segments`` (a packed batch: each token's example index, -1 on
-    padding): the summed completion cross-entropy (minus its log-probability) and its token count."""
+    padding): the summed completion cross-entropy (minus its log-probability) and its token count.
+    ``compute``: how token losses are computed (a sharded model's own: :func:`token_losses`)."""
     losses, rows = token_losses(
-        model, input_ids, attention_mask, labels, completion_only_head=completion_only_head, position_ids=position_ids
+        model,
+        input_ids,
+        attention_mask,
+        labels,
+        completion_only_head=completion_only_head,
+        position_ids=position_ids,
+        compute=compute,
     )
     n = input_ids.shape[0]
     if segments is not None:  # the example of each loss is the example of its target token
@@ -86,15 +94,20 @@ def token_losses(
     chunk_tokens: int = 2048,
     completion_only_head: bool = True,
     position_ids: torch.Tensor | None = None,
+    compute: TokenLosses | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy at every labelled position (float32), and the batch row of each.
 
     ``position_ids`` restarting at 0 with ``attention_mask=None`` is a packed batch: transformers then
     confines attention to each example (:mod:`lora_lightning.model.packing` checks that it does).
-    A sharded model computes them through its registered FSDP forward method, so that its root
-    weights (embeddings, head) are gathered for the body and the head alike.
+    A sharded model computes them with the ``compute`` :func:`~.sharding.shard_model` returned (an
+    FSDP forward method), so that its root weights (embeddings, head) are gathered for the body and
+    the head alike; otherwise :func:`compute_token_losses` on ``model``.
     """
-    compute = getattr(model, SHARDED_LOSS, None) or functools.partial(compute_token_losses, model)
+    if compute is None:
+        return compute_token_losses(
+            model, input_ids, attention_mask, labels, chunk_tokens, completion_only_head, position_ids
+        )
     return compute(input_ids, attention_mask, labels, chunk_tokens, completion_only_head, position_ids)
 
 

@@ -8,8 +8,9 @@ would not be the base model's scores.
 
 So, before such an adapter is attached, the weights of the modules it adapts are copied (a share of
 the model: the attention projections by default, not a second model), and after it is attached the
-copies of the weights peft rewrote are kept with the model. :func:`scoring_base` disables the adapter
-and swaps those copies in: bit for bit the weights a fresh load of the base gives.
+copies of the weights peft rewrote are handed back with the model (:class:`RewrittenWeights`, which the
+module keeps). :func:`scoring_base` disables the adapter and swaps those copies in: bit for bit the
+weights a fresh load of the base gives.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from lora_lightning.loading import ModelLoadError
 from lora_lightning.model.adapters import attach_adapter
 
-KEPT = "lora_lightning_base_weights"  # the model attribute holding the RewrittenWeights
 INITS_KEEPING_BASE = (True, False, "gaussian")  # peft initialisations that leave the base weights alone
 
 
@@ -50,16 +50,18 @@ class RewrittenWeights:
                 layer.weight.data = weight
 
 
-def attach_keeping_base(model: Any, adapter: str | Path, trainable: bool = False) -> Any:
-    """:func:`~lora_lightning.model.adapters.attach_adapter`, keeping the original of every base weight
-    the adapter's initialisation rewrites (PiSSA, OLoRA) for :func:`scoring_base`."""
-    from peft import LoraConfig
+def attach_keeping_base(
+    model: Any, adapter: str | Path, trainable: bool = False
+) -> tuple[Any, RewrittenWeights | None]:
+    """:func:`~lora_lightning.model.adapters.attach_adapter`, and the original of every base weight
+    the adapter's initialisation rewrites (PiSSA, OLoRA) for :func:`scoring_base` (None: none rewritten)."""
+    from peft import PeftConfig
     from peft.tuners.lora import LoraLayer
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = LoraConfig.from_pretrained(str(adapter))
-    if config.init_lora_weights in INITS_KEEPING_BASE:
-        return attach_adapter(model, adapter, trainable)
+    config = PeftConfig.from_pretrained(str(adapter))
+    if getattr(config, "init_lora_weights", True) in INITS_KEEPING_BASE:  # not LoRA: no such initialisation
+        return attach_adapter(model, adapter, trainable), None
     copies = {
         name: module.weight.detach().clone()
         for name, module in model.named_modules()
@@ -74,14 +76,12 @@ def attach_keeping_base(model: Any, adapter: str | Path, trainable: bool = False
                 raise ModelLoadError(f"adapter {str(adapter)!r}: no copy of the base weight of {name} was kept")
             if not torch.equal(base.weight, copies[name]):
                 pairs.append((base, copies[name]))
-    setattr(model, KEPT, RewrittenWeights(pairs))
-    return model
+    return model, RewrittenWeights(pairs)
 
 
 @contextlib.contextmanager
-def scoring_base(model: Any) -> Iterator[None]:
+def scoring_base(model: Any, kept: RewrittenWeights | None) -> Iterator[None]:
     """The base model, for the "base" column: the adapter disabled and any base weight its
-    initialisation rewrote put back."""
-    kept = getattr(model, KEPT, None)
+    initialisation rewrote (``kept``, from :func:`attach_keeping_base`) put back."""
     with model.disable_adapter(), kept.restored() if kept is not None else contextlib.nullcontext():
         yield

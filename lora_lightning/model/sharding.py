@@ -11,8 +11,8 @@ reduce-scattered and averaged over the ranks, as DDP averages them, so the step 
 
 Two things run outside the root's ``forward``, and are registered as FSDP forward methods so its
 weights are gathered for them: the completion-only loss (the body's hidden states, then the head a
-chunk at a time: :data:`~lora_lightning.model.loss.SHARDED_LOSS`) and ``generate`` (with
-``synced_gpus``: every rank keeps stepping until all are done).
+chunk at a time: :func:`shard_model` returns it, and the module passes it to the loss) and ``generate``
+(with ``synced_gpus``: every rank keeps stepping until all are done).
 
 Only ``fit`` shards. ``validate``/``test``/``predict`` under the overlay keep a whole model per rank,
 like DDP: generation takes a different number of forward passes per rank, and a sharded forward is
@@ -21,14 +21,13 @@ collective. A base that does not fit one device is evaluated from its exported a
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lora_lightning.model.blocks import decoder_blocks
-from lora_lightning.model.loss import SHARDED_LOSS, compute_token_losses
+from lora_lightning.model.loss import TokenLosses, compute_token_losses
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -68,16 +67,29 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: Any, mesh: Any) -> None:
-    """Shards ``model`` in place over ``mesh``: each decoder block, then the root (see the module docstring)."""
+def shard_model(model: Any, mesh: Any) -> TokenLosses:
+    """Shards ``model`` in place over ``mesh``: each decoder block, then the root (see the module
+    docstring); returns the token-loss function to train it with (its root weights gathered for it)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for block in decoder_blocks(model, "train it with configs/ddp.yaml instead of configs/fsdp.yaml"):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh, reshard_after_forward=True)  # FSDP2 keeps a root gathered unless told
-    setattr(model, SHARDED_LOSS, functools.partial(compute_token_losses, model))
-    register_fsdp_forward_method(model, SHARDED_LOSS)
-    register_fsdp_forward_method(model, "generate")
+    register_fsdp_forward_method(model, "generate")  # transformers' own method, run by generation
+    return as_fsdp_forward(model, compute_token_losses)
+
+
+def as_fsdp_forward(model: Any, fn: Any) -> TokenLosses:
+    """``fn(model, ...)`` run as an FSDP forward of the sharded root ``model``: its weights gathered
+    before and released after, as ``torch.distributed.fsdp.register_fsdp_forward_method`` does for a
+    method it patches onto the model (here handed back instead of set on the model)."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        state = model._get_fsdp_state()
+        args, kwargs = state._pre_forward(model, args, kwargs)
+        return state._post_forward(model, args, fn(model, *args, **kwargs))
+
+    return forward
 
 
 def parameter_bytes(model: Any) -> tuple[int, int]:

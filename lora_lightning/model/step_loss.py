@@ -7,8 +7,8 @@ rank's) and marks the window's last micro-batch (``step_end``); one small all-re
 micro-batch adds the ranks' counts (and whether any rank's loss is non-finite, so all ranks stop
 together). Lightning divides the returned loss by ``accumulate_grad_batches`` and DDP averages
 gradients over ranks; the scale ``accumulate x world / step tokens`` undoes both, so batch 8 x 1,
-4 x 2, 2 x 4 and 2 ranks x 4 x 1 give the same gradients. ``train/loss`` and the history record
-the step's true per-token mean.
+4 x 2, 2 x 4 and 2 ranks x 4 x 1 give the same gradients. ``train/loss`` is the step's true
+per-token mean, which the module also records in its history.
 
 A step counts only the micro-batches that train in it: the loader ends a window where Lightning
 steps (the epoch's last, short window; one ``limit_train_batches`` cuts; after a resume in the
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lora_lightning.data.tokenization import Batch
 from lora_lightning.errors import TrainingHalted
 from lora_lightning.model.sharding import gradient_norm
 
@@ -36,7 +37,6 @@ class StepLoss:
 
     def __init__(self, module: Any):
         self.module = module
-        self.history: dict[str, list] = {"train_loss": [], "val_loss": []}
         self.skipped_updates = 0
         self.overflow_streak = 0
         self._window_sum = 0.0
@@ -48,8 +48,11 @@ class StepLoss:
         """A new epoch's first window starts from nothing (no loss of an earlier one in its mean)."""
         self._window_sum = 0.0
 
-    def scaled(self, loss_sum: torch.Tensor, count: int, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """The value to backpropagate for this micro-batch (see the module docstring)."""
+    def scaled(
+        self, loss_sum: torch.Tensor, count: int, batch: dict[str, Any], batch_idx: int
+    ) -> tuple[torch.Tensor, float | None]:
+        """The value to backpropagate for this micro-batch (see the module docstring), and the step's
+        per-token mean loss on the step's last micro-batch (None before it)."""
         m = self.module
         trainer = m.trainer
         accumulate, world = trainer.accumulate_grad_batches, trainer.world_size
@@ -66,6 +69,7 @@ class StepLoss:
                 "or set model.nonfinite=skip"
             )
         self._window_sum += float(loss_sum.detach())
+        mean = None
         if batch.get("step_end", True):
             window = torch.tensor([self._window_sum], device=loss_sum.device, dtype=torch.float64)
             if world > 1:
@@ -75,8 +79,7 @@ class StepLoss:
             m.log("train/loss", mean, prog_bar=True, batch_size=batch["input_ids"].shape[0])
             m.log("train/ppl", math.exp(min(mean, 50)), batch_size=batch["input_ids"].shape[0])
             m.log("train/step_tokens", step_tokens)
-            self.history["train_loss"].append([m.global_step + 1, mean])
-        return loss_sum * (accumulate * world / step_tokens)
+        return loss_sum * (accumulate * world / step_tokens), mean
 
     def check_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Logs the gradient norm; a non-finite one stops the run or skips the update (``nonfinite``).
@@ -120,22 +123,34 @@ class StepLoss:
         self._val[0] += float(loss_sum)
         self._val[1] += count
 
-    def log_validation(self) -> None:
-        """The selection set's per-token loss (summed over ranks), logged as ``val/loss``; the
-        sanity check's value is the "before training" point of the curve."""
+    def log_validation(self) -> float:
+        """The selection set's per-token loss (summed over ranks), logged as ``val/loss`` and returned;
+        the sanity check's value is the "before training" point of the curve."""
         m = self.module
         totals = torch.tensor([self._val[0], float(self._val[1])], device=m.device, dtype=torch.float64)
         self._val = [0.0, 0]
         if m.trainer.world_size > 1:
             totals = m.trainer.strategy.reduce(totals, reduce_op="sum")
         value = float(totals[0] / totals[1].clamp(min=1))
-        self.history["val_loss"].append([m.global_step, value])
         if m.trainer.sanity_checking:
             # Lightning discards logs made during the sanity check, so this one goes to the loggers directly.
             rank_zero_info(f"Validation loss before training (step {m.global_step}): {value:.4f}")
             for logger in m.loggers:
                 logger.log_metrics({"val/loss": value, "val/ppl": math.exp(min(value, 50))}, step=m.global_step)
-            return
+            return value
         # Summed over the ranks above, so the same on each: sync_dist's mean leaves it as it is.
         m.log("val/loss", value, prog_bar=True, sync_dist=True)
         m.log("val/ppl", math.exp(min(value, 50)), sync_dist=True)
+        return value
+
+
+def per_task(batch: Batch, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, list[float]]:
+    """``{task: [loss sum, completion tokens, examples]}`` of a batch, for the per-task curves
+    (:class:`~lora_lightning.callbacks.TaskCurves`); empty when the batch does not name its tasks."""
+    out: dict[str, list[float]] = {}
+    for task, loss_sum, count in zip(batch.get("task") or [], sums.detach().tolist(), counts.tolist()):
+        entry = out.setdefault(task, [0.0, 0, 0])
+        entry[0] += loss_sum
+        entry[1] += count
+        entry[2] += 1
+    return out
