@@ -56,6 +56,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
+from lora_lightning.metrics import lower_is_better_columns
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 CONFIG = REPO / "configs" / "default.yaml"
@@ -77,7 +79,7 @@ ARMS: dict[str, list[str]] = {
     "all_linear_lr10x": ["--model.target_modules", "all-linear"],
 }
 FULL_LRS = (1e-4, 3e-4)
-LOWER_IS_BETTER = {"loss", "perplexity"}
+LOWER_IS_BETTER = set(lower_is_better_columns())  # the metric registry says which
 LEFT_OUT_OF_SHARE = {"perplexity", "accuracy_rank_norm"}  # the loss again; accuracy_rank per character
 ACCURACIES = {"accuracy_rank", "accuracy_rank_norm", "accuracy_exact"}
 MIN_GAIN = 1e-6

@@ -7,16 +7,9 @@ import torch
 
 from lora_lightning.data.eval_examples import build_eval_examples
 from lora_lightning.data.tasks import load_task
-from lora_lightning.evaluation.metrics import (
-    accuracy,
-    concept_coverage,
-    normalize_answer,
-    rouge_l,
-    sacrebleu,
-    squad_scores,
-)
 from lora_lightning.evaluation.report import as_csv, results_rows, task_metrics
 from lora_lightning.loading import load_causal_lm, load_tokenizer
+from lora_lightning.metrics import accuracy, concept_coverage, normalize_answer, rouge_l, sacrebleu, squad_scores
 from lora_lightning.model.scoring import best_option, option_logprobs, rank_classify, score_examples
 
 

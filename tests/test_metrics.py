@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lora_lightning.evaluation.metrics import (
+from lora_lightning.metrics import (
     accuracy,
     concept_coverage,
     lemmas,
@@ -205,3 +205,57 @@ def test_squad_accuracy_and_normalization():
     assert normalize_answer("  True. ") == "true"
     assert accuracy([True, False, True, True]) == 75.0
     assert math.isnan(accuracy([]))
+
+
+def test_every_builtin_task_names_registered_metrics_with_display_names():
+    from lora_lightning.data.tasks import builtin_task_names, load_task
+    from lora_lightning.metrics import METRICS, column_metric, task_columns
+
+    for name in builtin_task_names():
+        task = load_task(name)
+        assert task.metrics, name
+        assert set(task.metrics) <= set(METRICS), name
+        for column in task_columns(task.metrics):
+            metric = column_metric(column)  # every column belongs to a metric that names it readably
+            assert metric is not None and metric.columns[column].strip(), (name, column)
+
+
+def test_a_metric_added_to_the_registry_reaches_task_checks_table_and_card(tmp_path, monkeypatch):
+    """Adding a metric is one function and one registry entry (lora_lightning/metrics.py): the task
+    YAML may name it, the results table computes it, the card names it, and its needs are checked."""
+    import yaml
+
+    from lora_lightning.data.tasks import TaskError, load_task
+    from lora_lightning.evaluation.report import card_results, results_rows, task_metrics
+    from lora_lightning.metrics import METRICS, Metric
+
+    def mean_words(records):
+        return {"words": sum(len(r["prediction"].split()) for r in records) / len(records)}
+
+    monkeypatch.setitem(METRICS, "words", Metric("words", mean_words, {"words": "words per answer"}))
+    monkeypatch.setitem(METRICS, "needy", Metric("needy", mean_words, {"needy": "needs concepts"}, needs=("concepts",)))
+    task = {
+        "name": "mine",
+        "hub": {"path": "me/data"},
+        "splits": {"train": "train"},
+        "fields": {"question": "question", "answer": "answer"},
+        "metrics": ["words"],
+        "eval": {"max_new_tokens": 8},
+        "templates": [{"prompt": "{question}", "completion": "{answer}"}],
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(task))
+    spec = load_task(str(path))
+    records = [
+        {"prediction": "one two three", "references": ["x"], "tokens": 2, "loss_sum": 1.0},
+        {"prediction": "one", "references": ["y"], "tokens": 2, "loss_sum": 3.0},
+    ]
+    values = task_metrics(spec, records)
+    assert values["words"] == 2.0 and values["loss"] == 1.0
+    rows = results_rows({"adapter": {"mine": values}})
+    assert {"task": "mine", "split": "test", "metric": "words", "name": "words per answer", "value": 2.0} in (
+        card_results(rows, {"mine": "test"})
+    )
+    path.write_text(yaml.safe_dump({**task, "metrics": ["needy"]}))
+    with pytest.raises(TaskError, match="needy.*eval.concepts"):
+        load_task(str(path))

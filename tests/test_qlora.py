@@ -12,8 +12,8 @@ from conftest import REPO, run_cli, tiny_fit_args
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
 from lora_lightning.model.building import build_model
-from lora_lightning.model.settings import ModelSettings
 from lora_lightning.model.quantization import check_quantization, param_bytes, quantized_summary
+from lora_lightning.model.settings import ModelSettings
 
 bnb = pytest.importorskip("bitsandbytes", reason="the [qlora] extra (bitsandbytes) is not installed")
 

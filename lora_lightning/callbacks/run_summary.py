@@ -17,7 +17,7 @@ from typing import Any
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lora_lightning.evaluation.report import task_metrics
+from lora_lightning.metrics import task_columns
 
 
 def run_settings(trainer: Trainer, pl_module: Any) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def test_metric_names(trainer: Trainer) -> list[str]:
     """``hp/test/<task>/<metric>`` for every metric the results table will hold."""
     dm = trainer.datamodule
     tasks = getattr(dm, "task_specs", [])
-    return [f"hp/test/{t.name}/{metric}" for t in tasks for metric in task_metrics(t, [])]
+    return [f"hp/test/{t.name}/{metric}" for t in tasks for metric in task_columns(t.metrics)]
 
 
 class RunSummary(Callback):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,9 +23,22 @@ from typing import Any, NoReturn
 import yaml
 
 from lora_lightning.errors import UserInputError
+from lora_lightning.metrics import METRICS
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-METRIC_NAMES = ("accuracy", "rouge_l", "coverage", "exact_match", "f1", "sacrebleu")
+# Where a task gives each example field a metric may need (Metric.needs), and what to add when it does not.
+FIELD_SOURCES: dict[str, tuple[Callable[[TaskSpec], bool], str]] = {
+    "options": (
+        lambda spec: spec.answer_field is not None,
+        "options and a first template whose completion is just one option field "
+        "(completion: '{answer}' with answer: {column: label, option: true})",
+    ),
+    "concepts": (
+        lambda spec: spec.eval.concepts is not None,
+        "eval.concepts, the column holding each example's concepts",
+    ),
+}
+FIELD_SOURCES["answer"] = FIELD_SOURCES["options"]
 OPTIONS_PLACEHOLDER = "options_"
 TASK_KEYS = ("name", "description", "hub", "splits", "fields", "options", "metrics", "eval", "templates")
 HUB_KEYS = ("path", "name")
@@ -246,16 +259,14 @@ class TaskSpec:
         if not isinstance(metrics, list):
             check.fail(
                 f"'metrics' must be a list of metric names (e.g. [rouge_l]), got {describe(metrics)}; "
-                f"known: {', '.join(METRIC_NAMES)}"
+                f"known: {', '.join(METRICS)}"
             )
         for i, metric in enumerate(metrics):
             if not isinstance(metric, str):
-                check.fail(
-                    f"metrics[{i}] must be a metric name, got {describe(metric)}; known: {', '.join(METRIC_NAMES)}"
-                )
-        unknown = [m for m in metrics if m not in METRIC_NAMES]
+                check.fail(f"metrics[{i}] must be a metric name, got {describe(metric)}; known: {', '.join(METRICS)}")
+        unknown = [m for m in metrics if m not in METRICS]
         if unknown:
-            check.fail(f"'metrics' names unknown metric(s) {keys_text(unknown)}; known: {', '.join(METRIC_NAMES)}")
+            check.fail(f"'metrics' names unknown metric(s) {keys_text(unknown)}; known: {', '.join(METRICS)}")
         eval_spec = parse_eval(name, raw.get("eval"), check)
 
         templates = raw.get("templates")
@@ -280,17 +291,11 @@ class TaskSpec:
             metrics=tuple(metrics),
             eval=eval_spec,
         )
-        if "accuracy" in spec.metrics and spec.answer_field is None:
-            check.fail(
-                "metric 'accuracy' needs options and a first template whose completion is just one option "
-                "field (completion: '{answer}' with answer: {column: label, option: true}); "
-                "add them or drop 'accuracy' from metrics"
-            )
-        if "coverage" in spec.metrics and spec.eval.concepts is None:
-            check.fail(
-                "metric 'coverage' needs eval.concepts, the column holding each example's concepts; "
-                "set it or drop 'coverage' from metrics"
-            )
+        for metric in spec.metrics:
+            for needed in METRICS[metric].needs:
+                gives, what = FIELD_SOURCES[needed]
+                if not gives(spec):
+                    check.fail(f"metric {metric!r} needs {what}; add them or drop {metric!r} from metrics")
         return spec
 
     # -- turning a source row into text ---------------------------------------------------------

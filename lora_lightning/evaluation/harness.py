@@ -25,7 +25,7 @@ see:
   ``accuracy_rank`` (FLAN's rank classification).
 * generation tasks are ``generate_until`` (greedy, stop at end-of-text, the task's token budget)
   with ``rougeL``: rouge-score's stemmed ROUGE-L F1, best over the references, times 100, as
-  :func:`~lora_lightning.evaluation.metrics.rouge_l` computes it.
+  :func:`~lora_lightning.metrics.rouge_l` computes it.
 
 Without ``add_bos_token=False``, lm-eval 0.4.13 lets the tokenizer add its special tokens to a
 context that does not start with BOS: one BOS too many for a chat prompt of a tokenizer that adds

@@ -8,40 +8,13 @@ import math
 from collections.abc import Mapping, Sequence
 
 from lora_lightning.data.tasks import TaskSpec
-from lora_lightning.evaluation.metrics import (
-    accuracy,
-    concept_coverage,
-    normalize_answer,
-    rouge_l,
-    sacrebleu,
-    squad_scores,
-)
+from lora_lightning.metrics import display_name, lower_is_better_columns, task_metric_values
 
 
 def task_metrics(task: TaskSpec, records: Sequence[dict]) -> dict[str, float]:
-    """Every metric the task names, plus completion loss and perplexity, over its scored examples."""
-    scored = [r for r in records if r["tokens"]]
-    tokens = sum(r["tokens"] for r in scored)
-    loss = sum(r["loss_sum"] for r in scored) / tokens if tokens else float("nan")
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 50)) if tokens else float("nan")}
-    preds = [r["prediction"] for r in records]
-    refs = [r["references"] for r in records]
-    for metric in task.metrics:
-        if metric == "accuracy":
-            out["accuracy_rank"] = accuracy([r["ranked"] == r["answer"] for r in records])
-            out["accuracy_rank_norm"] = accuracy([r["ranked_norm"] == r["answer"] for r in records])
-            out["accuracy_exact"] = accuracy(
-                [normalize_answer(r["prediction"]) == normalize_answer(r["options"][r["answer"]]) for r in records]
-            )
-        elif metric == "rouge_l":
-            out["rouge_l"] = rouge_l(preds, refs)
-        elif metric == "coverage":
-            out["coverage"] = concept_coverage(preds, [r["concepts"] for r in records])
-        elif metric in ("exact_match", "f1"):
-            out.update(squad_scores(preds, refs))
-        elif metric == "sacrebleu":
-            out["sacrebleu"] = sacrebleu(preds, refs)
-    return out
+    """Every metric the task names (the registry: :data:`lora_lightning.metrics.METRICS`), plus
+    completion loss and perplexity, over its scored examples."""
+    return task_metric_values(task.metrics, records)
 
 
 def results_rows(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[dict]:
@@ -80,27 +53,13 @@ def as_csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-# Readable names of the table's metrics, for the Hub's model-index (its ``name`` beside the ``type``).
-METRIC_NAMES = {
-    "loss": "completion loss",
-    "perplexity": "perplexity",
-    "accuracy_rank": "accuracy (rank classification)",
-    "accuracy_rank_norm": "accuracy (rank classification per character)",
-    "accuracy_exact": "accuracy (exact match of the greedy answer)",
-    "rouge_l": "ROUGE-L",
-    "coverage": "concept coverage",
-    "exact_match": "exact match",
-    "f1": "F1",
-    "sacrebleu": "SacreBLEU",
-}
-
-
 def card_section(rows: Sequence[dict], title: str) -> str:
     """The model card's evaluation section: the title that names each task's split and row count,
     the table as in ``eval_results.md``, and how to read it."""
+    lower = " and ".join(display_name(c) for c in lower_is_better_columns())
     return (
         f"{title}.\n\n{as_markdown(rows)}\n"
-        "delta = adapter - base. Loss and perplexity: lower is better; the other metrics are on a "
+        f"delta = adapter - base. {lower[0].upper() + lower[1:]}: lower is better; the other metrics are on a "
         "0-100 scale, higher is better. The same table is in the run folder's `eval_results.md` and `.csv`.\n"
     )
 
@@ -114,7 +73,7 @@ def card_results(rows: Sequence[dict], splits: Mapping[str, str]) -> list[dict]:
             "task": row["task"],
             "split": splits.get(row["task"]),
             "metric": row["metric"],
-            "name": METRIC_NAMES.get(row["metric"], row["metric"]),
+            "name": display_name(row["metric"]),
             "value": round(float(row["adapter"]), 4),
         }
         for row in rows

@@ -1,4 +1,9 @@
-"""The task metrics of the flan-gpt2 project, on lists of strings.
+"""The task metrics, and their registry: the one place a metric is defined.
+
+A metric is one function below and one :class:`Metric` entry in :data:`METRICS` (the name a task YAML
+lists, the table columns it fills with their display names, the example fields it needs,
+higher-is-better). The task checks (:mod:`lora_lightning.data.tasks`), the results table and the
+model card (:mod:`lora_lightning.evaluation.report`) all read the registry.
 
 Every function takes predictions and references in plain Python and returns a number on a 0-100
 scale (NaN for an empty list of predictions). Each follows a standard definition, computed by (or
@@ -26,8 +31,10 @@ checked in tests/test_metrics.py against) its reference package:
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -123,3 +130,119 @@ def sacrebleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
     # sacrebleu wants one stream per reference slot; a None slot is skipped for that sentence.
     streams = [[r[i] if i < len(r) else None for r in references] for i in range(width)]
     return float(corpus_bleu(list(predictions), streams).score)
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+Records = Sequence[Mapping]
+"""A task's scored evaluation examples: ``prediction``, ``references``, ``tokens``, ``loss_sum``, and
+the fields a metric needs (``ranked``, ``ranked_norm``, ``answer``, ``options``, ``concepts``)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task metric: what a task YAML names (``name``), how it is computed from a task's scored
+    examples (``compute``: one value per table column), the columns with their display names, the
+    example fields it needs (a task that cannot give them is refused when its YAML loads), and
+    whether higher is better."""
+
+    name: str
+    compute: Callable[[Records], dict[str, float]]
+    columns: Mapping[str, str]
+    needs: tuple[str, ...] = ()
+    higher_is_better: bool = True
+
+
+def loss_and_perplexity(records: Records) -> dict[str, float]:
+    scored = [r for r in records if r["tokens"]]
+    tokens = sum(r["tokens"] for r in scored)
+    loss = sum(r["loss_sum"] for r in scored) / tokens if tokens else float("nan")
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)) if tokens else float("nan")}
+
+
+def accuracies(records: Records) -> dict[str, float]:
+    def exact(r: Mapping) -> bool:
+        return normalize_answer(r["prediction"]) == normalize_answer(r["options"][r["answer"]])
+
+    return {
+        "accuracy_rank": accuracy([r["ranked"] == r["answer"] for r in records]),
+        "accuracy_rank_norm": accuracy([r["ranked_norm"] == r["answer"] for r in records]),
+        "accuracy_exact": accuracy([exact(r) for r in records]),
+    }
+
+
+def predictions(records: Records) -> list[str]:
+    return [r["prediction"] for r in records]
+
+
+def references(records: Records) -> list[Sequence[str]]:
+    return [r["references"] for r in records]
+
+
+LOSS = Metric(
+    "loss", loss_and_perplexity, {"loss": "completion loss", "perplexity": "perplexity"}, higher_is_better=False
+)
+"""Computed for every task (not named in task YAML)."""
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "accuracy",
+            accuracies,
+            {
+                "accuracy_rank": "accuracy (rank classification)",
+                "accuracy_rank_norm": "accuracy (rank classification per character)",
+                "accuracy_exact": "accuracy (exact match of the greedy answer)",
+            },
+            needs=("options", "answer"),
+        ),
+        Metric("rouge_l", lambda rs: {"rouge_l": rouge_l(predictions(rs), references(rs))}, {"rouge_l": "ROUGE-L"}),
+        Metric(
+            "coverage",
+            lambda rs: {"coverage": concept_coverage(predictions(rs), [r["concepts"] for r in rs])},
+            {"coverage": "concept coverage"},
+            needs=("concepts",),
+        ),
+        Metric(
+            "exact_match",
+            lambda rs: {"exact_match": squad_scores(predictions(rs), references(rs))["exact_match"]},
+            {"exact_match": "exact match"},
+        ),
+        Metric("f1", lambda rs: {"f1": squad_scores(predictions(rs), references(rs))["f1"]}, {"f1": "F1"}),
+        Metric(
+            "sacrebleu",
+            lambda rs: {"sacrebleu": sacrebleu(predictions(rs), references(rs))},
+            {"sacrebleu": "SacreBLEU"},
+        ),
+    )
+}
+"""The metrics a task YAML may name, by name."""
+
+
+def column_metric(column: str) -> Metric | None:
+    """The metric that fills a table column (``accuracy_rank`` -> accuracy), or None."""
+    return next((m for m in (LOSS, *METRICS.values()) if column in m.columns), None)
+
+
+def display_name(column: str) -> str:
+    """A table column's readable name (the Hub's model-index ``name``)."""
+    metric = column_metric(column)
+    return metric.columns[column] if metric is not None else column
+
+
+def task_columns(metric_names: Sequence[str]) -> list[str]:
+    """The table columns of a task that names ``metric_names``, in the order the table shows them."""
+    return [column for m in (LOSS, *(METRICS[name] for name in metric_names)) for column in m.columns]
+
+
+def lower_is_better_columns() -> list[str]:
+    return [column for m in (LOSS, *METRICS.values()) if not m.higher_is_better for column in m.columns]
+
+
+def task_metric_values(metric_names: Sequence[str], records: Records) -> dict[str, float]:
+    """The completion loss and perplexity, then every named metric's columns, over a task's scored examples."""
+    out = LOSS.compute(records)
+    for name in metric_names:
+        out.update(METRICS[name].compute(records))
+    return out
