@@ -226,7 +226,8 @@ def test_a_metric_added_to_the_registry_reaches_task_checks_table_and_card(tmp_p
     import yaml
 
     from lora_lightning.data.tasks import TaskError, load_task
-    from lora_lightning.evaluation.report import card_results, results_rows, task_metrics
+    from lora_lightning.evaluation.report import results_rows, task_metrics
+    from lora_lightning.export.model_card import card_results
     from lora_lightning.metrics import METRICS, Metric
 
     def mean_words(records):

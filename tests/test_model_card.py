@@ -10,12 +10,14 @@ from conftest import REPO, run_cli
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from lora_lightning.evaluation.loss_plot import LOSS_PLOT, plot_loss_curves
-from lora_lightning.evaluation.report import card_results, card_section, results_rows
-from lora_lightning.hub import (
+from lora_lightning.evaluation.report import results_rows
+from lora_lightning.export.loss_plot import LOSS_PLOT, plot_loss_curves
+from lora_lightning.export.model_card import (
     EVALUATION_END,
     EVALUATION_START,
     NOT_SCORED,
+    card_results,
+    card_section,
     card_with_evaluation,
     class_name,
     model_card,

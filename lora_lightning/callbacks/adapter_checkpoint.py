@@ -1,18 +1,15 @@
 """Exports the adapter alone, in peft's format, for the best validation loss and at the end.
 
-``<dirpath>/adapter/`` (best) and ``<dirpath>/adapter_last/`` each hold ``adapter_config.json``,
-``adapter_model.safetensors``, the tokenizer files, ``prompt_format.json``, ``training_history.json`` and a model card
-(``README.md``): a folder that plain ``PeftModel.from_pretrained(base, folder)`` and
-``AutoPeftModelForCausalLM.from_pretrained(folder)`` load. With ``model.lora=false`` the whole
-model is exported instead, as a Transformers folder (``model/`` and ``model_last/``).
-Each export is written to a temporary folder, fsynced and swapped into place, so a crash mid-write
-never leaves a half-written adapter where a good one was; a folder there that this project did not
-write is refused when ``fit`` starts (:func:`~lora_lightning.atomic_write.check_writable_folder`).
+``<dirpath>/adapter/`` (best) and ``<dirpath>/adapter_last/``, each written whole by
+:func:`~lora_lightning.export.write_adapter_folder` from what this callback collects: the module's
+model, tokenizer, prompt format and loss history, the other callbacks' records (the realised mix), the
+datamodule's description and the trainer's settings. With ``model.lora=false`` the whole model is
+exported instead, as a Transformers folder (``model/`` and ``model_last/``). A folder there that this
+project did not write is refused when ``fit`` starts (:func:`~lora_lightning.atomic_write.check_writable_folder`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,12 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lora_lightning.atomic_write import atomic_folder, check_writable_folder
+from lora_lightning.atomic_write import check_writable_folder
 from lora_lightning.callbacks.task_curves import TaskCurves
 from lora_lightning.errors import UserInputError
-from lora_lightning.evaluation.loss_plot import LOSS_PLOT, plot_loss_curves
-from lora_lightning.hub import check_hub_access, model_card, push_folder, training_settings
+from lora_lightning.export import training_settings, write_adapter_folder
+from lora_lightning.hub import check_hub_access, push_folder
 from lora_lightning.model.sharding import gathered_state_dict
-from lora_lightning.prompts import write_prompt_format
 
 OVERWRITE_FLAG = "--adapter_export.overwrite true"
 
@@ -114,41 +110,41 @@ class AdapterCheckpoint(Callback):
         return self.write(trainer, pl_module, which, weights) if trainer.is_global_zero else None
 
     def write(self, trainer: Trainer, pl_module: Any, which: str, weights: dict | None) -> Path:
-        target = self.folder(trainer, pl_module, which)
-        with atomic_folder(target, self.overwrite, OVERWRITE_FLAG) as tmp:
-            gathered = {"state_dict": weights} if weights is not None else {}
-            pl_module.model.save_pretrained(tmp, safe_serialization=True, **gathered)
-            pl_module.tokenizer.save_pretrained(tmp)
-            history = {
-                "base_model": pl_module.base_model_path,
-                "base_quantization": pl_module.hparams.get("quantization"),
-                "global_step": trainer.global_step,
-                "epoch": trainer.current_epoch,
-                "best_val_loss": self.best_score,
-                "best_step": self.best_step,
-                "train_seconds": round(time.monotonic() - self._started, 1),
-                "log_dir": self.log_dir,
-                **(trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}),
-                **pl_module.history,
-                **run_records(trainer),
-            }
-            (tmp / "training_history.json").write_text(json.dumps(history, indent=1))
-            write_prompt_format(tmp, pl_module.prompt_format)
-            config_file = tmp / "adapter_config.json"
-            config = json.loads(config_file.read_text()) if config_file.is_file() else None
-            run = {
-                "optimizer": getattr(pl_module, "optimizer_class", None),
-                "custom_scheduler": getattr(pl_module, "lr_scheduler_class", None) is not None,
-                "devices": trainer.world_size,
-                "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                "max_epochs": trainer.max_epochs,
-                "max_steps": trainer.max_steps,
-                "precision": trainer.precision,
-                "gradient_clip_val": trainer.gradient_clip_val,
-            }
-            settings = training_settings(pl_module.hparams, getattr(trainer.datamodule, "hparams", {}), run)
-            plot = LOSS_PLOT if plot_loss_curves(history, tmp / LOSS_PLOT) else None
-            (tmp / "README.md").write_text(model_card(history, config, settings=settings, plot=plot))
+        history = {
+            "base_model": pl_module.base_model_path,
+            "base_quantization": pl_module.hparams.get("quantization"),
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "best_val_loss": self.best_score,
+            "best_step": self.best_step,
+            "train_seconds": round(time.monotonic() - self._started, 1),
+            "log_dir": self.log_dir,
+            **(trainer.datamodule.describe() if hasattr(trainer.datamodule, "describe") else {}),
+            **pl_module.history,
+            **run_records(trainer),
+        }
+        run = {
+            "optimizer": getattr(pl_module, "optimizer_class", None),
+            "custom_scheduler": getattr(pl_module, "lr_scheduler_class", None) is not None,
+            "devices": trainer.world_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "precision": trainer.precision,
+            "gradient_clip_val": trainer.gradient_clip_val,
+        }
+        settings = training_settings(pl_module.hparams, getattr(trainer.datamodule, "hparams", {}), run)
+        target = write_adapter_folder(
+            self.folder(trainer, pl_module, which),
+            pl_module.model,
+            pl_module.tokenizer,
+            pl_module.prompt_format,
+            history,
+            settings,
+            self.overwrite,
+            OVERWRITE_FLAG,
+            weights,
+        )
         rank_zero_info(f"Exported {which} {target.name} (step {trainer.global_step}) to {target}")
         return target
 

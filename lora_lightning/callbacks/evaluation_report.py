@@ -23,8 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.atomic_write import atomic_file
 from lora_lightning.distributed import gather_objects, unique_by
-from lora_lightning.evaluation.report import as_csv, as_markdown, card_results, card_section, results_rows, task_metrics
-from lora_lightning.hub import write_card_evaluation
+from lora_lightning.evaluation.report import as_csv, as_markdown, results_rows, task_metrics
+from lora_lightning.export.model_card import card_results, card_section, write_card_evaluation
 
 
 class EvaluationReport(Callback):

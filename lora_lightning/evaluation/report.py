@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Mapping, Sequence
 
 from lora_lightning.data.tasks import TaskSpec
-from lora_lightning.metrics import display_name, lower_is_better_columns, task_metric_values
+from lora_lightning.metrics import task_metric_values
 
 
 def task_metrics(task: TaskSpec, records: Sequence[dict]) -> dict[str, float]:
@@ -51,31 +50,3 @@ def as_csv(rows: Sequence[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def card_section(rows: Sequence[dict], title: str) -> str:
-    """The model card's evaluation section: the title that names each task's split and row count,
-    the table as in ``eval_results.md``, and how to read it."""
-    lower = " and ".join(display_name(c) for c in lower_is_better_columns())
-    return (
-        f"{title}.\n\n{as_markdown(rows)}\n"
-        f"delta = adapter - base. {lower[0].upper() + lower[1:]}: lower is better; the other metrics are on a "
-        "0-100 scale, higher is better. The same table is in the run folder's `eval_results.md` and `.csv`.\n"
-    )
-
-
-def card_results(rows: Sequence[dict], splits: Mapping[str, str]) -> list[dict]:
-    """The adapter's value of each table row, as the model card's metadata holds it
-    (``{task, split, metric, name, value}``): rounded as the table shows it, so card, metadata and
-    table agree; non-finite values are left out (the Hub's metadata takes numbers only)."""
-    return [
-        {
-            "task": row["task"],
-            "split": splits.get(row["task"]),
-            "metric": row["metric"],
-            "name": display_name(row["metric"]),
-            "value": round(float(row["adapter"]), 4),
-        }
-        for row in rows
-        if "adapter" in row and math.isfinite(row["adapter"])
-    ]
