@@ -45,7 +45,7 @@ def test_bf16_true_keeps_the_adapter_and_its_optimizer_state_float32(tiny_models
         tokenizer=str(tiny_models["llama"]),
         cache_dir=None,
     )
-    module = LoRAModule(model_name=str(tiny_models["llama"]), lora_r=4, max_length=256, learning_rate=1e-2)
+    module = LoRAModule(model_name=str(tiny_models["llama"]), lora_r=4, learning_rate=1e-2)
     dtypes = Dtypes()
     trainer = Trainer(
         max_steps=2,

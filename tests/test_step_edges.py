@@ -88,7 +88,6 @@ def fit(model_dir, root, accumulate, *, batch_size=BATCH, callbacks=(), ckpt_pat
         model_name=str(model_dir),
         lora_r=4,
         lora_dropout=0.0,
-        max_length=256,
         learning_rate=1.0,
         optimizer=torch.optim.SGD,
         warmup_ratio=0.0,
