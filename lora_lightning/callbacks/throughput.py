@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.distributed import gather_objects
-from lora_lightning.model.flops import batch_flops, measured_peak_flops
+from lora_lightning.model.flops import measured_peak_flops
 from lora_lightning.model.sharding import parameter_bytes
 
 
@@ -40,8 +40,8 @@ class ThroughputLogger(ThroughputMonitor):
 
     - the FLOPs of each batch, from the batch (:func:`~lora_lightning.model.flops.batch_flops`:
       real tokens, attention per packed example, the completion-only head, no weight gradients
-      for frozen weights), given to the monitor as the module's ``flops_per_batch``; validation
-      batches count the forward only;
+      for frozen weights), which the module computes for each batch it runs (its ``flops_per_batch``,
+      where the monitor reads it); validation batches count the forward only;
     - a peak for MFU on CPU: Lightning's table has GPU datasheet figures only (no MFU on CPU), so
       there a dense GEMM in the training dtype is measured at start-up;
     - samples are examples and items are real tokens (not rows and padded positions);
@@ -81,11 +81,6 @@ class ThroughputLogger(ThroughputMonitor):
         peaks = gather_objects([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])  # KiB on Linux
         rank_zero_info(f"Peak RSS per rank: {' / '.join(f'{mb:,.0f}' for mb in peaks)} MB")
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.is_global_zero:  # the monitor measures on rank 0 only
-            pl_module.flops_per_batch = batch_flops(pl_module.model, batch, completion_only_head(pl_module))
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_validation_start(trainer, pl_module)
@@ -95,10 +90,6 @@ class ThroughputLogger(ThroughputMonitor):
     ) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
-        if trainer.is_global_zero:
-            pl_module.flops_per_batch = batch_flops(
-                pl_module.model, batch, completion_only_head(pl_module), backward=False
-            )
         super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -116,7 +107,3 @@ class ThroughputLogger(ThroughputMonitor):
 
     def on_predict_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """Not measured."""
-
-
-def completion_only_head(pl_module: Any) -> bool:
-    return bool(getattr(pl_module, "hparams", {}).get("completion_only_head", True))

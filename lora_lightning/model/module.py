@@ -25,6 +25,7 @@ from lora_lightning.model.checkpointing import TrainableCheckpointing
 from lora_lightning.model.compiling import compile_blocks
 from lora_lightning.model.connection import DataConnection
 from lora_lightning.model.evaluation_steps import EvaluationSteps
+from lora_lightning.model.flops import batch_flops
 from lora_lightning.model.loss import sequence_losses
 from lora_lightning.model.optim import build_optimizer, warmup_then_decay
 from lora_lightning.model.packing import check_packing
@@ -132,8 +133,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         self.history: dict[str, list] = {"train_loss": [], "val_loss": []}
         self.step_loss = StepLoss(self)
         self.packing_checked = False  # the model keeps packed examples apart (model.packing.check_packing)
-
-    # -- model -------------------------------------------------------------------------------
+        self.flops_per_batch = 0.0  # of the last batch, read by Lightning's ThroughputMonitor (callbacks.throughput)
 
     def configure_model(self) -> None:
         """Loads the base and adds LoRA; called by the Trainer (once) before fit/validate/test.
@@ -158,8 +158,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         return self
 
     @property
-    def is_lora(self) -> bool:
-        """An adapter trains (LoRA or another peft method); False: every weight does."""
+    def is_lora(self) -> bool:  # an adapter trains (LoRA or another peft method); False: every weight does
         return self.settings.trains_adapter
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,6 +177,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
                 self.packing_checked = True
             mask, positions = None, batch["position_ids"]
         head = self.hparams.completion_only_head
+        self.flops_per_batch = batch_flops(self.model, batch, head, backward=self.training)  # ThroughputMonitor's
         return sequence_losses(self.model, ids, mask, labels, head, positions, batch.get("segments"), self.token_losses)
 
     # -- fit ---------------------------------------------------------------------------------
@@ -205,8 +205,6 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
     def on_validation_epoch_end(self) -> None:
         if self.trainer.state.fn != "validate":
             self.history["val_loss"].append([self.global_step, self.step_loss.log_validation()])
-
-    # -- optimizer ---------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
