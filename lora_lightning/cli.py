@@ -21,8 +21,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -38,6 +40,13 @@ from lora_lightning.callbacks import (
     RunSummary,
     TaskCurves,
     ThroughputLogger,
+    TrackerArtifacts,
+)
+from lora_lightning.callbacks.tracker_artifacts import (
+    check_tracker_packages,
+    finish_trackers,
+    logger_class_paths,
+    tensorboard_first,
 )
 from lora_lightning.checkpoint_io import read_checkpoint
 from lora_lightning.commands import COMMANDS, run_command
@@ -72,6 +81,7 @@ class LoRALightningCLI(LightningCLI):
         parser.add_lightning_class_args(TaskCurves, "task_curves")
         parser.add_lightning_class_args(RunSummary, "run_summary")
         parser.add_lightning_class_args(EarlyStop, "early_stopping")
+        parser.add_lightning_class_args(TrackerArtifacts, "tracker_artifacts")
         parser.set_defaults(
             {
                 "trainer.default_root_dir": "checkpoints/default",
@@ -102,6 +112,14 @@ class LoRALightningCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True  # checkpoints are tensors and plain values: never unpickle code
+        check_tracker_packages(logger_class_paths(config.get("trainer", {}).get("logger")))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with TensorBoard first among its loggers when an overlay appended a tracker
+        (configs/mlflow.yaml, configs/wandb.yaml): its event files are what the project reads back."""
+        trainer = super().instantiate_trainer(**kwargs)
+        tensorboard_first(trainer)
+        return trainer
 
 
 def ckpt_dir(root: str | None) -> str:
@@ -165,6 +183,30 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
     )
 
 
+class ParseOnlyCLI(LoRALightningCLI):
+    """The CLI's parse (configs composed, keys and types checked, links applied), nothing built."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config(args: list[str]) -> Namespace:
+    """The config ``fit ARGS`` would run (``args`` without the subcommand), parsed and checked but not
+    instantiated: no model or data is loaded. A bad key or value exits as the CLI does (one line, status 2)."""
+    quiet_dependency_noise()
+    cli = ParseOnlyCLI(
+        LoRAModule,
+        FlanDataModule,
+        parser_class=OneLineErrorParser,
+        seed_everything_default=42,
+        auto_configure_optimizers=False,
+        args=args,
+        run=False,
+        parser_kwargs={"prog": PROG},
+    )
+    return cli.config
+
+
 def lm_eval_tasks(argv: list[str]) -> None:
     """``lora-lightning lm-eval-tasks OUT_DIR [--overwrite] [--config ...] [--data.* ...]``: the run's
     tasks over its evaluation rows as lm-evaluation-harness tasks (:mod:`lora_lightning.evaluation.harness`),
@@ -210,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         if words and words[0] == "lm-eval-tasks":
             lm_eval_tasks(words[1:])
             return
-        build_cli(argv)  # None: sys.argv
+        finish_trackers(build_cli(argv).trainer)  # None: sys.argv
     except UserInputError as err:
         fail(str(err))
     except TrainingHalted as err:

@@ -1,5 +1,5 @@
 """Trainer callbacks: adapter-only export, the results table, per-task curves, run summaries, early stopping,
-generation samples in TensorBoard, prediction output, last.ckpt, sample audit, throughput."""
+generation samples in TensorBoard, prediction output, last.ckpt, sample audit, throughput, tracker artifacts."""
 
 from lora_lightning.callbacks.adapter_checkpoint import AdapterCheckpoint
 from lora_lightning.callbacks.early_stop import EarlyStop
@@ -11,6 +11,7 @@ from lora_lightning.callbacks.run_summary import RunSummary
 from lora_lightning.callbacks.sample_audit import SampleAudit
 from lora_lightning.callbacks.task_curves import TaskCurves
 from lora_lightning.callbacks.throughput import ThroughputLogger
+from lora_lightning.callbacks.tracker_artifacts import TrackerArtifacts
 
 __all__ = [
     "AdapterCheckpoint",
@@ -23,4 +24,5 @@ __all__ = [
     "SampleAudit",
     "TaskCurves",
     "ThroughputLogger",
+    "TrackerArtifacts",
 ]

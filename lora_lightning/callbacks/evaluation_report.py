@@ -39,6 +39,7 @@ class EvaluationReport(Callback):
         self.dirpath = dirpath
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.scored: dict[str, list[dict]] = {}  # this epoch's records per mode, as the steps returned them
+        self.written: list[Path] = []  # the table's files, for the trackers (TrackerArtifacts)
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         """Before an adapter is scored: its evaluation rows must be those held out when it was
@@ -121,6 +122,7 @@ class EvaluationReport(Callback):
             f.write(markdown)
         with atomic_file(where / f"{name}.csv") as f:
             f.write(as_csv(csv_rows))
+        self.written = [where / f"{name}.md", where / f"{name}.csv"]
         rank_zero_info(f"{markdown}Written to {where / name}.md and .csv")
         if adapter and "adapter" in self.results and not shots:
             log_to_training_run(Path(adapter), self.results["adapter"])

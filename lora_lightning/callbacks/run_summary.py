@@ -7,15 +7,21 @@ these metrics: ``hp/best_val_loss`` and ``hp/best_step`` (filled in at each impr
 ``hp/test/<task>/<metric>`` for every metric the results table will hold, filled in by the
 ``test`` that scores the run's adapter (``make train`` runs it after ``fit``): that process
 writes them into this run's log folder, named in the adapter's ``training_history.json``.
+
+An experiment tracker among the loggers (MLflow, W&B: ``configs/mlflow.yaml``, ``configs/wandb.yaml``)
+gets the same settings as params named ``run/<setting>`` (beside the module's and data's own
+hyperparameters, which Lightning logs to every logger under their plain names: MLflow refuses a second
+value for a param, and ``tasks`` or ``prompt_format`` read differently there), plus ``run/dir``, the run folder.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from lora_lightning.metrics import task_columns
 
@@ -74,6 +80,9 @@ class RunSummary(Callback):
                 # hp_metric) would replace it and the metrics above would not show in the HPARAMS tab.
                 logger._default_hp_metric = False
                 logger.log_hyperparams(run_settings(trainer, pl_module), metrics)
+            elif isinstance(logger, MLFlowLogger | WandbLogger):
+                settings = {**run_settings(trainer, pl_module), "dir": str(Path(trainer.default_root_dir).resolve())}
+                logger.log_hyperparams({f"run/{key}": value for key, value in settings.items()})
 
     def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
