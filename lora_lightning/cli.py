@@ -8,6 +8,7 @@
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
     lora-lightning merge --adapter checkpoints/default/adapter --output merged/
     lora-lightning lm-eval-tasks harness_tasks/ --config configs/default.yaml   # tasks for lm_eval --include_path
+    lora-lightning sweep --space sweep.yaml --n_trials 20 --output sweeps/lr_rank --config configs/default.yaml
 
 Every run writes under ``trainer.default_root_dir`` (``checkpoints/<run>``): ``adapter/`` (best
 validation loss) and ``adapter_last/`` in peft format, ``ckpt/`` (Lightning checkpoints holding only
@@ -20,11 +21,12 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -54,6 +56,7 @@ from lora_lightning.data import FlanDataModule
 from lora_lightning.errors import TrainingHalted, UserInputError, first_line
 from lora_lightning.evaluation.harness import GROUP, write_harness_tasks
 from lora_lightning.model import LoRAModule
+from lora_lightning.sweep import sweep_command
 
 PROG = "lora-lightning"
 
@@ -161,7 +164,9 @@ def not_an_advert(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip:")
 
 
-def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
+def build_cli(args: list[str] | None, run: bool = True, callbacks: Sequence[Callback] = ()) -> LoRALightningCLI:
+    """The CLI over ``args`` (``None``: ``sys.argv``); ``run`` runs its subcommand. ``callbacks`` are added
+    to the Trainer's (a sweep's pruning)."""
     quiet_dependency_noise()
     return LoRALightningCLI(
         LoRAModule,
@@ -171,6 +176,7 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
         trainer_defaults={
             "plugins": [{"class_path": "lora_lightning.checkpoint_io.AtomicCheckpointIO"}],
             "enable_model_summary": False,  # the module prints its own parameter counts (quiet_dependency_noise)
+            **({"callbacks": list(callbacks)} if callbacks else {}),
         },
         auto_configure_optimizers=False,
         args=args,
@@ -178,7 +184,7 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
         parser_kwargs={
             "prog": PROG if run else f"{PROG} lm-eval-tasks OUT_DIR",
             "description": "LoRA instruction tuning on PyTorch Lightning. "
-            "Subcommands: fit, validate, test, predict, generate, merge, compare, lm-eval-tasks.",
+            "Subcommands: fit, validate, test, predict, generate, merge, compare, lm-eval-tasks, sweep.",
         },
     )
 
@@ -192,19 +198,30 @@ class ParseOnlyCLI(LoRALightningCLI):
 
 def parse_config(args: list[str]) -> Namespace:
     """The config ``fit ARGS`` would run (``args`` without the subcommand), parsed and checked but not
-    instantiated: no model or data is loaded. A bad key or value exits as the CLI does (one line, status 2)."""
+    instantiated: no model or data is loaded. A bad key or value is a :class:`UserInputError` (one line)."""
     quiet_dependency_noise()
-    cli = ParseOnlyCLI(
-        LoRAModule,
-        FlanDataModule,
-        parser_class=OneLineErrorParser,
-        seed_everything_default=42,
-        auto_configure_optimizers=False,
-        args=args,
-        run=False,
-        parser_kwargs={"prog": PROG},
-    )
+    try:
+        cli = ParseOnlyCLI(
+            LoRAModule,
+            FlanDataModule,
+            parser_class=OneLineErrorParser,
+            seed_everything_default=42,
+            auto_configure_optimizers=False,
+            args=args,
+            run=False,
+            parser_kwargs={"prog": PROG, "exit_on_error": False},
+        )
+    except ArgumentError as err:
+        raise UserInputError(" ".join(str(err).split())) from None
     return cli.config
+
+
+def run_in_process(subcommand: str, args: list[str], callbacks: list[Callback]) -> Trainer:
+    """``lora-lightning SUBCOMMAND ARGS`` in this process (a sweep's trial): the Trainer that ran, its
+    W&B run (if any) finished so that the next Trainer starts its own."""
+    trainer = build_cli([subcommand, *args], callbacks=callbacks).trainer
+    finish_trackers(trainer)
+    return trainer
 
 
 def lm_eval_tasks(argv: list[str]) -> None:
@@ -251,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if words and words[0] == "lm-eval-tasks":
             lm_eval_tasks(words[1:])
+            return
+        if words and words[0] == "sweep":
+            sweep_command(words[1:], PROG, run_in_process, parse_config)
             return
         finish_trackers(build_cli(argv).trainer)  # None: sys.argv
     except UserInputError as err:
