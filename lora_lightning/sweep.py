@@ -411,7 +411,7 @@ def claim_folder(settings: SweepSettings) -> Any:
 
 # (subcommand, arguments, extra callbacks) -> the Trainer that ran: the CLI's, handed in by lora_lightning.cli
 RunCommand = Callable[[str, list[str], list[Callback]], Trainer]
-ParseConfig = Callable[[list[str]], Any]
+ParseConfig = Callable[[list[str]], Any]  # fit arguments -> the parsed config; UserInputError when bad
 
 
 def check_settings(settings: SweepSettings, parse: ParseConfig) -> None:
@@ -431,9 +431,9 @@ def check_settings(settings: SweepSettings, parse: ParseConfig) -> None:
             args += [f"--{p.key}", value_arg(p.ends()[end])]
         try:
             parse(args)
-        except SystemExit:
+        except UserInputError as err:
             ranges = ", ".join(f"{p.key} {p.describe()}" for p in settings.params)
-            raise UserInputError(f"the sweep space does not fit the config (line above); searched: {ranges}") from None
+            raise UserInputError(f"the sweep space does not fit the config: {err} (searched: {ranges})") from None
     devices, nodes = config["trainer"]["devices"], config["trainer"]["num_nodes"]
     if str(devices) not in ("1", "[0]") or nodes != 1:
         raise UserInputError(
