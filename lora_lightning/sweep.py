@@ -516,7 +516,8 @@ def sweep(settings: SweepSettings, run: RunCommand, parse: ParseConfig) -> str:
     study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
     retried = recover(study)
     if retried:
-        print(f"Trials {', '.join(map(str, retried))} were left running by a stopped sweep: failed, re-queued")
+        which = f"Trial {retried[0]} was" if len(retried) == 1 else f"Trials {', '.join(map(str, retried))} were"
+        print(f"{which} left running by a stopped sweep: marked failed, its values queued again")
     s = states()
     try:
         while len(ended(study)) < settings.n_trials:

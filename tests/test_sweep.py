@@ -375,12 +375,17 @@ def test_three_trial_sweep_writes_its_table_and_a_best_overlay_that_fit_takes(ti
     assert read_run(log)["metrics"]["hp/best_val_loss"] == pytest.approx(study.best_value, rel=1e-6)
 
 
-def study_states(db: Path) -> dict[int, str]:
+def study_states(db: Path) -> dict[int, tuple[str, int]]:
+    """Trial number -> (state, how many of its parameters are recorded), read as the sweep writes."""
     if not db.is_file():
         return {}
+    query = (
+        "SELECT t.number, t.state, COUNT(p.param_id) FROM trials t "
+        "LEFT JOIN trial_params p ON p.trial_id = t.trial_id GROUP BY t.trial_id ORDER BY t.number"
+    )
     try:
         with sqlite3.connect(db, timeout=5) as con:
-            return dict(con.execute("SELECT number, state FROM trials ORDER BY number").fetchall())
+            return {number: (state, params) for number, state, params in con.execute(query).fetchall()}
     except sqlite3.OperationalError:  # tables not made yet
         return {}
 
@@ -397,18 +402,17 @@ def test_sweep_killed_mid_trial_continues_where_it_was(tiny_models, tmp_path):
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and process.poll() is None:
             states = study_states(db)
-            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
+            if states.get(0, ("",))[0] == "COMPLETE" and states.get(1) == ("RUNNING", 2):  # values drawn, fitting
                 break
             time.sleep(0.2)
         assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    before = study_states(db)
-    assert before == {0: "COMPLETE", 1: "RUNNING"}
+    assert study_states(db) == {0: ("COMPLETE", 2), 1: ("RUNNING", 2)}
     first = optuna.load_study(study_name="lora-lightning-sweep", storage=f"sqlite:///{db}").get_trials()
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Trials 1 were left running by a stopped sweep: failed, re-queued" in done.stdout
+    assert "Trial 1 was left running by a stopped sweep: marked failed, its values queued again" in done.stdout
     trials = optuna.load_study(study_name="lora-lightning-sweep", storage=f"sqlite:///{db}").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     # trial 0 kept as it was, not run again (one TensorBoard version in its folder); 1's values re-tried as 2
@@ -419,3 +423,15 @@ def test_sweep_killed_mid_trial_continues_where_it_was(tiny_models, tmp_path):
     table = (tmp_path / "sweep" / "trials.md").read_text()
     assert "| 1 | stopped; re-run as trial 2 |" in table and "3 of 3 trials ended" in table
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["objective"] == "val_loss"
+
+
+def test_sweep_without_optuna_is_one_line(tmp_path):
+    """optuna made unimportable (None in sys.modules) in a fresh interpreter."""
+    args = ["sweep", "--space", str(space_file(tmp_path)), "--n_trials", "1", "--output", str(tmp_path / "s")]
+    code = f"import sys; sys.modules['optuna'] = None; from lora_lightning.cli import main; main({args!r})"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "lora-lightning: error: sweep needs the optuna package: pip install 'lora-lightning[sweep]'"
+    ]
+    assert not (tmp_path / "s").exists()
