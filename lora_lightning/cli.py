@@ -144,7 +144,9 @@ def quiet_dependency_noise() -> None:
 
     - torch's ``FutureWarning`` that ``LeafSpec`` is deprecated, raised by Lightning's own
       ``lightning.pytorch.utilities._pytree`` (its CombinedLoader) on every fit, not by our code;
-    - Lightning's advertisement for its cloud logger, logged once per Trainer.
+    - Lightning's advertisement for its cloud logger, logged once per Trainer;
+    - Lightning's warning that ``args`` was given while ``sys.argv`` has arguments: ``lm-eval-tasks`` and
+      ``sweep`` build the CLI from the arguments they did not take, on purpose.
 
     Lightning's model summary (a table whose FLOPs column reads 0 without an ``example_input_array``,
     and a note that bf16 sizes are estimated as 32-bit) is off instead (``trainer.enable_model_summary``):
@@ -156,6 +158,7 @@ def quiet_dependency_noise() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(not_an_advert)
 
