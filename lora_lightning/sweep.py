@@ -41,7 +41,7 @@ from lora_lightning.atomic_write import atomic_file, protected_reason, read_mani
 from lora_lightning.callbacks import RunSummary
 from lora_lightning.data.tasks import load_task
 from lora_lightning.errors import TrainingHalted, UserInputError, first_line
-from lora_lightning.evaluation.report import task_metrics
+from lora_lightning.metrics import column_metric, task_columns
 
 STUDY = "lora-lightning-sweep"
 RECORD = "sweep.json"  # the sweep's settings; its presence in the folder's manifest makes the folder a sweep's
@@ -445,7 +445,7 @@ def check_settings(settings: SweepSettings, parse: ParseConfig) -> None:
         names = {}
         for task in config["data"]["tasks"] or []:
             spec = load_task(task)
-            names[spec.name] = list(task_metrics(spec, []))
+            names[spec.name] = task_columns(spec.metrics)
         known = [f"test/{t}/{m}" for t, ms in names.items() for m in ms]
         if len(parts) != 3 or parts[0] != "test" or settings.objective not in known:
             raise UserInputError(
@@ -554,6 +554,15 @@ def sweep(settings: SweepSettings, run: RunCommand, parse: ParseConfig) -> str:
 # -- the command line --------------------------------------------------------------------------
 
 
+def default_direction(objective: str) -> str:
+    """val_loss is minimized; a test metric as the metric registry says (loss and perplexity down,
+    accuracies and ROUGE up)."""
+    if objective == "val_loss":
+        return "minimize"
+    metric = column_metric(objective.rsplit("/", 1)[-1])
+    return "minimize" if metric is not None and not metric.higher_is_better else "maximize"
+
+
 class OneLineArgs(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UserInputError(f"sweep: {message} (see `lora-lightning sweep --help`)")
@@ -579,8 +588,9 @@ def sweep_command(argv: Sequence[str], prog: str, run: RunCommand, parse: ParseC
     the same for every trial; trial n runs in DIR/trial_<n>/ (TensorBoard log, adapter/, ckpt/).
     The objective is the best validation loss (val_loss: hp/best_val_loss, what the adapter is chosen
     by), or a metric of `test` on the trial's adapter (e.g. test/bool_q/accuracy_rank; slower: each
-    trial is scored too). Pruning (Optuna's median pruner, after 5 trials) reads val/loss at every
-    validation and stops a trial that is worse than the median at the same step; val_loss only.
+    trial is scored too), in the direction the metric registry gives it unless --direction.
+    Pruning (Optuna's median pruner, after 5 trials) reads val/loss at every validation and stops a
+    trial that is worse than the median at the same step; val_loss only.
     The study is DIR/study.db: run the same command again after a stop (kill -9 included) and it goes on,
     finished trials kept, one left running re-tried, until N trials have ended (a larger N extends it).
     DIR/trials.md (the table of trials, printed at the end) and DIR/best.yaml (the best trial's values as
@@ -599,7 +609,9 @@ def sweep_command(argv: Sequence[str], prog: str, run: RunCommand, parse: ParseC
     parser.add_argument("--output", required=True, help="sweep folder: study.db, trial_<n>/, trials.md, best.yaml")
     parser.add_argument("--objective", default="val_loss", help="val_loss (default) or test/TASK/METRIC")
     parser.add_argument(
-        "--direction", choices=("minimize", "maximize"), help="default: minimize val_loss, maximize a test metric"
+        "--direction",
+        choices=("minimize", "maximize"),
+        help="default: minimize val_loss, a test metric as it is better",
     )
     parser.add_argument("--prune", type=true_false, default=True, help="prune on val/loss (default true)")
     parser.add_argument("--sampler_seed", type=int, default=42, help="seed of Optuna's TPE sampler (default 42)")
@@ -610,7 +622,7 @@ def sweep_command(argv: Sequence[str], prog: str, run: RunCommand, parse: ParseC
         fit_args = fit_args[1:]
     if known.n_trials < 1:
         raise UserInputError(f"sweep: --n_trials must be at least 1, got {known.n_trials}")
-    direction = known.direction or ("minimize" if known.objective == "val_loss" else "maximize")
+    direction = known.direction or default_direction(known.objective)
     settings = SweepSettings(
         output=os.path.normpath(known.output),
         n_trials=known.n_trials,

@@ -17,7 +17,16 @@ from conftest import DEFAULT_CONFIG, REPO, run_cli, tiny_fit_args
 from lora_lightning.callbacks import RunSummary
 from lora_lightning.errors import TrainingHalted, UserInputError
 from lora_lightning.evaluation.runs import read_run
-from lora_lightning.sweep import SweepSettings, TrialPruning, overlay, parse_space, read_space, sweep, sweep_command
+from lora_lightning.sweep import (
+    SweepSettings,
+    TrialPruning,
+    default_direction,
+    overlay,
+    parse_space,
+    read_space,
+    sweep,
+    sweep_command,
+)
 
 optuna = pytest.importorskip("optuna")
 
@@ -231,6 +240,13 @@ def test_a_test_metric_objective_tests_each_adapter(tmp_path):
         "false",
     ]
     assert load(tmp_path).best_value == 0.5 and "best val_loss" in table
+
+
+def test_default_direction_follows_the_metric_registry():
+    assert default_direction("val_loss") == "minimize"
+    assert default_direction("test/bool_q/accuracy_rank") == "maximize"
+    assert default_direction("test/xsum/rouge_l") == "maximize"
+    assert default_direction("test/xsum/loss") == "minimize" and default_direction("test/xsum/perplexity") == "minimize"
 
 
 @pytest.mark.parametrize(
