@@ -335,13 +335,15 @@ class Peaks:
     def __call__(self, precision: str) -> float | None:
         import torch
 
-        from lora_lightning.model.flops import measured_peak_flops, peak_flops
+        from lora_lightning.model.flops import cpu_peak_flops, measured_peak_flops, peak_flops
 
         dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
         if dtype not in self.cache:
-            if self.device == "cpu":
-                tries = [(1024, 0.2)] if self.smoke else [(2048, 2.0)] * 3
-                self.cache[dtype] = max(measured_peak_flops(dtype, size, seconds) for size, seconds in tries)
+            if self.device == "cpu" and self.smoke:
+                self.cache[dtype] = measured_peak_flops(dtype, 1024, 0.2)
+            elif self.device == "cpu":  # the peak `fit` divides by too: measured once per machine, cached
+                self.cache[dtype], where = cpu_peak_flops(dtype)
+                print(f"Peak for MFU ({dtype}): {self.cache[dtype] / 1e12:.2f} TFLOP/s, {where}", flush=True)
             else:
                 self.cache[dtype] = peak_flops(torch.device(self.device), dtype)
         return self.cache[dtype]

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the co
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CPU's peak for MFU is measured once and cached (model.flops.cpu_peak_flops): in a folder of the
+# suite's own, shared by its workers, not the user's ~/.cache.
+os.environ["LORA_LIGHTNING_CACHE"] = str(Path(tempfile.gettempdir()) / "lora_lightning_test_cache")
 # configs/default.yaml compiles the decoder blocks; on tiny models compiling costs more than it saves,
 # so tests run eager unless they turn dynamo back on (test_compile.py does, and checks compiled = eager).
 os.environ["TORCH_COMPILE_DISABLE"] = "1"

@@ -27,3 +27,41 @@ def test_linear_weights_and_flops_by_hand(tiny_models):
 
 def test_cpu_peak_is_measured_and_positive():
     assert measured_peak_flops(torch.float32, size=128, seconds=0.05) > 1e6
+
+
+def test_the_cpu_peak_is_measured_once_per_machine_and_cached_with_its_date(tmp_path, monkeypatch):
+    import datetime
+    import json
+
+    from lora_lightning.model import flops
+
+    calls = []
+
+    def fake_measure(dtype, size, seconds):
+        calls.append((dtype, size))
+        return [3e11, 5e11, 4e11][len(calls) - 1]
+
+    monkeypatch.setattr(flops, "measured_peak_flops", fake_measure)
+    cache = tmp_path / "peak_flops.json"
+    value, where = flops.cpu_peak_flops(torch.bfloat16, cache)
+    assert value == 5e11 and len(calls) == 3  # the best of three trials
+    assert "measured now, best of 3" in where and str(cache) in where
+    entry = json.loads(cache.read_text())[flops.machine_key(torch.bfloat16)]
+    assert entry == {"flops": 5e11, "date": datetime.date.today().isoformat(), "trials": 3}
+    again, where = flops.cpu_peak_flops(torch.bfloat16, cache)  # a later run: read back, not measured
+    assert again == 5e11 and len(calls) == 3 and f"measured {entry['date']}" in where
+    assert flops.machine_key(torch.bfloat16) != flops.machine_key(torch.float32)
+    cache.write_text("not json")  # a damaged cache is measured again and rewritten
+    calls.clear()
+    assert flops.cpu_peak_flops(torch.float32, cache)[0] == 5e11 and len(calls) == 3
+    assert json.loads(cache.read_text())[flops.machine_key(torch.float32)]["flops"] == 5e11
+
+
+def test_an_unwritable_cache_still_gives_the_peak(tmp_path, monkeypatch):
+    from lora_lightning.model import flops
+
+    monkeypatch.setattr(flops, "measured_peak_flops", lambda dtype, size, seconds: 2e11)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    value, where = flops.cpu_peak_flops(torch.float32, blocker / "peak_flops.json")
+    assert value == 2e11 and "not cached" in where

@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.distributed import gather_objects
-from lora_lightning.model.flops import measured_peak_flops
+from lora_lightning.model.flops import cpu_peak_flops
 from lora_lightning.model.sharding import parameter_bytes
 
 
@@ -43,7 +43,8 @@ class ThroughputLogger(ThroughputMonitor):
       for frozen weights), which the module computes for each batch it runs (its ``flops_per_batch``,
       where the monitor reads it); validation batches count the forward only;
     - a peak for MFU on CPU: Lightning's table has GPU datasheet figures only (no MFU on CPU), so
-      there a dense GEMM in the training dtype is measured at start-up;
+      there a dense GEMM in the training dtype is measured once per machine and cached
+      (:func:`~lora_lightning.model.flops.cpu_peak_flops`), so MFU compares across runs;
     - samples are examples and items are real tokens (not rows and padded positions);
     - ``fit`` only: ``test`` and ``predict`` batches are evaluation examples of another shape;
     - the parameter bytes each rank holds (about 1/world of the model under FSDP2) at the start,
@@ -64,10 +65,10 @@ class ThroughputLogger(ThroughputMonitor):
         device = trainer.strategy.root_device
         if self.available_flops is None and device.type == "cpu":
             dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-            self.available_flops = measured_peak_flops(dtype)
+            self.available_flops, where = cpu_peak_flops(dtype)
             for throughput in self._throughputs.values():
                 throughput.available_flops = self.available_flops
-            rank_zero_info(f"Peak for MFU: {self.available_flops / 1e12:.2f} TFLOP/s ({dtype}, measured on this CPU)")
+            rank_zero_info(f"Peak for MFU: {self.available_flops / 1e12:.2f} TFLOP/s ({dtype} on this CPU, {where})")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

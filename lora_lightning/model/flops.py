@@ -11,18 +11,30 @@ Counted per batch, from the batch itself (real tokens, not padding):
   gradients), plus 2 x trainable weights per token for the weight gradients of what trains
   (LoRA matrices; every weight in full fine-tuning).
 
-The peak is the GPU's datasheet figure (Lightning's table) or, on a CPU, a dense GEMM measured
-at start-up in the training dtype: a measured, not a nominal, ceiling.
+The peak is the GPU's datasheet figure (Lightning's table) or, on a CPU, a dense GEMM in the training
+dtype: a measured, not a nominal, ceiling. A CPU's is measured once per machine (CPU model, torch
+threads, torch version, dtype), as the best of several trials so that a busy moment does not lower it,
+and cached with its date (:func:`cpu_peak_flops`): every later run divides by the same figure, so MFU is
+comparable from run to run.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_lightning.atomic_write import atomic_file
 from lora_lightning.model.loss import unwrap_causal_lm
+
+PEAK_TRIALS = 3  # measurements of PEAK_SIZE x PEAK_SIZE matmuls, PEAK_SECONDS each; the best is kept
+PEAK_SIZE, PEAK_SECONDS = 2048, 1.0
 
 
 def linear_weight_count(model: Any) -> tuple[int, int]:
@@ -80,9 +92,50 @@ def measured_peak_flops(dtype: torch.dtype = torch.float32, size: int = 1024, se
     return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
+def peak_cache_file() -> Path:
+    """Where measured CPU peaks are kept: ``$LORA_LIGHTNING_CACHE``, else ``~/.cache/lora_lightning``."""
+    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("LORA_LIGHTNING_CACHE") or home_cache / "lora_lightning") / "peak_flops.json"
+
+
+def machine_key(dtype: torch.dtype) -> str:
+    """What a measured peak belongs to: the CPU model, the threads torch uses, torch's version, the dtype."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    except OSError:
+        pass
+    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__} | {str(dtype).split('.')[-1]}"
+
+
+def cpu_peak_flops(dtype: torch.dtype, cache: Path | None = None, trials: int = PEAK_TRIALS) -> tuple[float, str]:
+    """This CPU's dense-GEMM FLOP/s in ``dtype``: read from ``cache`` (:func:`peak_cache_file`) when this
+    machine's was measured before, else measured now (the best of ``trials``) and cached with its date.
+    Returns the figure and where it came from, for the log."""
+    cache = cache or peak_cache_file()
+    key = machine_key(dtype)
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) and entry["flops"] > 0:
+        return float(entry["flops"]), f"measured {entry.get('date')}, best of {entry.get('trials')}; cached in {cache}"
+    best = max(measured_peak_flops(dtype, PEAK_SIZE, PEAK_SECONDS) for _ in range(trials))
+    known[key] = {"flops": best, "date": datetime.date.today().isoformat(), "trials": trials}
+    try:
+        with atomic_file(cache) as f:
+            f.write(json.dumps(known, indent=1))
+    except OSError:
+        return best, f"measured now, best of {trials} (not cached: {cache} is not writable)"
+    return best, f"measured now, best of {trials}; cached in {cache}"
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     if device.type == "cpu":
-        return measured_peak_flops(dtype)
+        return cpu_peak_flops(dtype)[0]
     from lightning.fabric.utilities.throughput import get_available_flops
 
     return get_available_flops(device, dtype)
