@@ -7,6 +7,7 @@
         --data.predict_file prompts.jsonl [--predictions.output out.jsonl]
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
     lora-lightning merge --adapter checkpoints/default/adapter --output merged/
+    lora-lightning export-gguf --adapter checkpoints/default/adapter [--output adapter.gguf]   # llama.cpp / Ollama
     lora-lightning lm-eval-tasks harness_tasks/ --config configs/default.yaml   # tasks for lm_eval --include_path
 
 Every run writes under ``trainer.default_root_dir`` (``checkpoints/<run>``): ``adapter/`` (best
@@ -162,7 +163,7 @@ def build_cli(args: list[str] | None, run: bool = True) -> LoRALightningCLI:
         parser_kwargs={
             "prog": PROG if run else f"{PROG} lm-eval-tasks OUT_DIR",
             "description": "LoRA instruction tuning on PyTorch Lightning. "
-            "Subcommands: fit, validate, test, predict, generate, merge, compare, lm-eval-tasks.",
+            "Subcommands: fit, validate, test, predict, generate, merge, export-gguf, compare, lm-eval-tasks.",
         },
     )
 

@@ -229,6 +229,7 @@ def edited(adapter, tmp_path, **changes):
         ({"rank_pattern": {"q_proj": 8}}, ("rank_pattern",)),
         ({"lora_bias": True}, ("lora_bias",)),
         ({"peft_type": "VERA"}, ("VERA",)),
+        ({"use_qalora": True}, ("use_qalora",)),
         ({"r": 8}, ("not rank 8",)),
     ],
 )

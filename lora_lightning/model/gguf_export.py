@@ -54,8 +54,22 @@ from lora_lightning.model.adapters import adapter_base
 
 WEIGHTS = "adapter_model.safetensors"
 LORA_SUFFIX = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
-RESIDUAL_INITS = ("pissa", "olora", "corda", "loftq")
+RESIDUAL_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 """``init_lora_weights`` values (and their prefixes) that change the base weights the adapter was trained on."""
+VARIANT_KEYS = (
+    "use_qalora",  # pooled inputs to lora_A
+    "use_bdlora",
+    "velora_config",
+    "kasa_config",
+    "monteclora_config",
+    "arrow_config",  # routing between adapters
+    "target_parameters",  # LoRA on raw parameters (MoE experts), not on layers
+    "layer_replication",  # a base with repeated layers
+    "alora_invocation_tokens",  # activated LoRA: llama.cpp has it, export-gguf does not write it
+    "trainable_token_indices",
+)
+"""``adapter_config.json`` keys that, when set, make the adapter something other than ``W + scale * B A``
+on each adapted layer (peft 0.21's names)."""
 
 
 class GGUFExportError(UserInputError):
@@ -177,9 +191,12 @@ def check_variant(config: dict) -> None:
             "the adapter sets per-module ranks or alphas (rank_pattern/alpha_pattern); a llama.cpp LoRA file has "
             "one alpha for all modules, so retrain with one lora_r and lora_alpha"
         )
-    for key in ("target_parameters", "layer_replication", "alora_invocation_tokens", "trainable_token_indices"):
+    for key in VARIANT_KEYS:
         if config.get(key):
-            raise GGUFExportError(f"the adapter sets {key}, which export-gguf does not convert; train without it")
+            raise GGUFExportError(
+                f"the adapter sets {key}, a LoRA variant or extra that llama.cpp's plain LoRA cannot apply; "
+                "train without it, or merge it (lora-lightning merge) and convert the merged model"
+            )
 
 
 def gguf_alpha(config: dict) -> float:
