@@ -123,9 +123,9 @@ def export_gguf_command(
     overwrite: bool = False,
     base_cache_dir: str = DEFAULT_BASE_CACHE,
 ) -> None:
-    """Write a trained adapter as a llama.cpp LoRA GGUF, to apply to the base model's GGUF with
-    llama.cpp (``llama-cli -m base.gguf --lora adapter.gguf``) or Ollama (``ADAPTER adapter.gguf``).
+    """Write a trained adapter as a llama.cpp LoRA GGUF, for llama-cli --lora or an Ollama Modelfile's ADAPTER.
 
+    The file applies to the base model's GGUF (``llama-cli -m base.gguf --lora adapter.gguf``).
     Converts Llama (SmolLM2), GPT-2 and GPT-NeoX adapters of linear layers; DoRA, PiSSA/OLoRA, LoRA
     bias, embedding or tied lm_head targets and other variants llama.cpp cannot apply are refused
     with one line. rsLoRA's scale is kept (the alpha written is lora_alpha * sqrt(r)).
