@@ -7,6 +7,7 @@
         --data.predict_file prompts.jsonl [--predictions.output out.jsonl]
     lora-lightning generate --adapter checkpoints/default/adapter --prompt "..."
     lora-lightning merge --adapter checkpoints/default/adapter --output merged/
+    lora-lightning export-gguf --adapter checkpoints/default/adapter [--output adapter.gguf]   # llama.cpp / Ollama
     lora-lightning lm-eval-tasks harness_tasks/ --config configs/default.yaml   # tasks for lm_eval --include_path
     lora-lightning sweep --space sweep.yaml --n_trials 20 --output sweeps/lr_rank --config configs/default.yaml
 
@@ -187,7 +188,7 @@ def build_cli(args: list[str] | None, run: bool = True, callbacks: Sequence[Call
         parser_kwargs={
             "prog": PROG if run else f"{PROG} lm-eval-tasks OUT_DIR",
             "description": "LoRA instruction tuning on PyTorch Lightning. "
-            "Subcommands: fit, validate, test, predict, generate, merge, compare, lm-eval-tasks, sweep.",
+            "Subcommands: fit, validate, test, predict, generate, merge, export-gguf, compare, lm-eval-tasks, sweep.",
         },
     )
 

@@ -1,4 +1,4 @@
-"""The commands that are not Trainer runs: ``lora-lightning generate``, ``merge`` and ``compare``.
+"""The commands that are not Trainer runs: ``lora-lightning generate``, ``merge``, ``export-gguf`` and ``compare``.
 
 Each is a plain function whose docstring is its ``--help`` (jsonargparse's ``CLI``), as in LitGPT.
 """
@@ -13,18 +13,24 @@ from jsonargparse import CLI
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.evaluation.runs import comparison_table, read_run
+from lora_lightning.export.gguf import export_gguf
 from lora_lightning.loading import DEFAULT_BASE_CACHE, load_tokenizer
 from lora_lightning.model.adapters import load_lora_model, trained_quantization
 from lora_lightning.model.generation import generate
 from lora_lightning.model.merge import merge_adapter
 from lora_lightning.prompts import resolve_prompt_format
 
-COMMANDS = ("generate", "merge", "compare")
+COMMANDS = ("generate", "merge", "export-gguf", "compare")
 
 
 def run_command(name: str, argv: list[str], prog: str) -> None:
     """Runs ``name`` (one of :data:`COMMANDS`) with its own arguments."""
-    commands = {"generate": generate_command, "merge": merge_command, "compare": compare_command}
+    commands = {
+        "generate": generate_command,
+        "merge": merge_command,
+        "export-gguf": export_gguf_command,
+        "compare": compare_command,
+    }
     if name == "compare" and argv and not any(a.startswith("-") for a in argv):
         argv = [json.dumps(argv)]  # `compare RUN RUN ...` as well as the list form `compare '[RUN, RUN]'`
     CLI(commands[name], args=argv, prog=f"{prog} {name}")
@@ -107,6 +113,37 @@ def merge_command(
             f"The adapter was trained on a {quantized} base; it was merged into the full-precision base "
             f"weights (not into dequantized {quantized} weights): the model users serve"
         )
+
+
+def export_gguf_command(
+    *,
+    adapter: str,
+    output: str | None = None,
+    base: str | None = None,
+    overwrite: bool = False,
+    base_cache_dir: str = DEFAULT_BASE_CACHE,
+) -> None:
+    """Write a trained adapter as a llama.cpp LoRA GGUF, for llama-cli --lora or an Ollama Modelfile's ADAPTER.
+
+    The file applies to the base model's GGUF (``llama-cli -m base.gguf --lora adapter.gguf``).
+    Converts Llama (SmolLM2), GPT-2 and GPT-NeoX adapters of linear layers; DoRA, PiSSA/OLoRA, LoRA
+    bias, embedding or tied lm_head targets and other variants llama.cpp cannot apply are refused
+    with one line. rsLoRA's scale is kept (the alpha written is lora_alpha * sqrt(r)).
+
+    Args:
+        adapter: Adapter folder written by training (e.g. checkpoints/default/adapter).
+        output: The .gguf file to write; by default the adapter folder's path plus .gguf
+            (checkpoints/default/adapter.gguf).
+        base: Base model whose config (architecture, heads, layers) to use; by default the one the
+            adapter names. No weights are loaded.
+        overwrite: Replace an existing output file that lora_lightning did not write.
+        base_cache_dir: Cache of converted GGUF models.
+    """
+    done = export_gguf(adapter, output, base, overwrite, base_cache_dir)
+    print(
+        f"Wrote {done.path} (llama.cpp LoRA, architecture {done.architecture}, {done.modules} modules, "
+        f"rank {done.rank}, alpha {done.alpha:g}); use it with: llama-cli -m BASE.gguf --lora {done.path}"
+    )
 
 
 def compare_command(runs: list[str]) -> None:
