@@ -108,3 +108,27 @@ def test_tokenized_sets_are_memory_mapped_arrow_files_in_the_entry(tiny_models, 
     trained = [sum(label != -100 for label in row) for row in dm.train_set["labels"]]
     assert dm.train_set["completion_tokens"] == trained
     assert sum(s["train_completion_tokens"] for s in dm.stats.values()) == sum(trained)
+
+
+def test_two_processes_tokenize_what_one_does_into_the_entry(tiny_models, tmp_path):
+    data = tmp_path / "boolq.jsonl"
+    data.write_text(boolq_rows(300))
+    kwargs = {"tasks": ["bool_q"], "data_files": {"bool_q": str(data)}, "max_examples_per_task": None}
+    two = setup_dm(tiny_models, tmp_path / "two", num_proc=2, **kwargs)
+    one = setup_dm(tiny_models, tmp_path / "one", num_proc=1, **kwargs)
+    assert two.train_set["input_ids"] == one.train_set["input_ids"] and len(two.train_set) == 240
+    assert two.train_set["example_id"] == one.train_set["example_id"]
+    shards = sorted(Path(f["filename"]).name for f in two.train_set.cache_files)
+    assert shards == ["train-0_00000_of_00002.arrow", "train-0_00001_of_00002.arrow"]
+
+
+def test_num_proc_default_follows_the_cores_only_for_large_data(monkeypatch):
+    from lora_lightning.data.pipeline import NUM_PROC_MIN_ROWS, DataSettings, tokenize_processes
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert tokenize_processes(None, NUM_PROC_MIN_ROWS - 1) == 1  # start-up would not pay back
+    assert tokenize_processes(None, NUM_PROC_MIN_ROWS) == 8  # min(cores, 8)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert tokenize_processes(None, 10**6) == 2 and tokenize_processes(3, 10) == 3
+    with pytest.raises(ValueError, match=r"data.num_proc must be 1 or more, or null \(set from the cores\), got 0"):
+        DataSettings(num_proc=0)
