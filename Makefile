@@ -9,7 +9,7 @@ CONFIGS = --config $(BASE) $(if $(filter-out $(BASE),$(CONFIG)),--config $(CONFI
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test test-fast lint bench bench-gpu bench-qlora quality tensorboard clean
+.PHONY: install train eval test test-fast lint bench bench-gpu bench-qlora bench-data quality tensorboard clean
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ bench-gpu: install
 # QLoRA: an NF4 base against a bfloat16 one, memory and speed side by side (benchmarks/qlora.py; needs ../shared).
 bench-qlora: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/qlora.py $(ARGS)
+
+# Data at scale: one bool_q file of 10k / 100k / 1M rows, prep cold and cached, peak RSS (benchmarks/data_scale.py; needs ../shared).
+bench-data: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/data_scale.py $(ARGS)
 
 # LoRA vs full fine-tuning vs the base on real rows never trained on (benchmarks/quality.py; needs ../shared).
 quality: install

@@ -79,3 +79,12 @@ def test_option_variants_run(real_rows, tiny_models, tmp_path):
         assert f"| {option}" in table
     assert "packing" in table  # a row, or the line saying this version has no data.packing
     assert f"from {SHARED_DATA}" in table  # the real rows
+
+
+def test_data_scale_bench_prepares_trains_and_reads_its_cache(tiny_models, tmp_path):
+    needs_shared_data("bool_q")
+    done = run("data_scale.py", "--smoke", "--sizes", "600", "--model", str(tiny_models["llama"]), compile=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 600 rows: 60 selection and 60 evaluation rows (10%, under the caps of 200 and 100), 480 trained
+    assert re.search(r"^\| 600 \| 480 \| 60 \| 60 \| [\d.]+ \| [\d,]+ \| [\d.]+ \|", done.stdout, re.M), done.stdout
+    assert "Every row trains but the held-out ones: yes" in done.stdout and "harness OK" in done.stdout

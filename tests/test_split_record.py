@@ -118,7 +118,9 @@ def test_test_with_the_training_settings_scores_the_recorded_rows(trained):
     done = run_cli("test", *trained.test_args, "--data.eval_examples_per_task", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Evaluation rows checked: those held out when {trained.adapter} was trained" in done.stderr
-    assert "bool_q 2 (train (another 10% held out))" in (trained.adapter.parent / "eval_results.md").read_text()
+    table = (trained.adapter.parent / "eval_results.md").read_text()
+    # 2 of the 3 rows held out for evaluation in training (the carve is capped at the 2 scored: a subset)
+    assert "bool_q 2 (train (another 2 rows held out)). Trained on: bool_q 24 examples of 24 training rows" in table
 
     with_base = (trained.adapter.parent / "eval_results.csv").read_text().splitlines()
     done = run_cli("test", *trained.test_args, "--data.eval_examples_per_task", "2", "--model.score_base", "false")
@@ -213,3 +215,100 @@ def test_too_few_groups_to_carve_is_one_line(tiny_models, tmp_path):
     dm = FlanDataModule(tasks=["common_gen"], data_files={"common_gen": str(data)}, tokenizer=str(tiny_models["llama"]))
     with pytest.raises(UserInputError, match="has 30 training rows in 1 groups of concept_set_idx, too few"):
         split_task(dm.task_specs[0], dm.files["common_gen"], dm.settings)
+
+
+# -- carves are capped by the counts used ----------------------------------------------------------
+
+
+def test_carve_takes_only_the_rows_selection_and_evaluation_use(tiny_models, tmp_path):
+    """5,000 training rows only: 10% would be 500 each, but 200 selection rows are used
+    (max_val_examples_per_task) and 100 evaluation rows scored (eval_examples_per_task): only those
+    are held out, every other row trains; uncapped, the fraction holds."""
+    data = bool_q_file(tmp_path, 5000)
+    dm = fit_datamodule(tiny_models, data, max_examples_per_task=20)
+    record = dm.describe()["splits"]
+    assert {s: d["rows"] for s, d in record["tasks"]["bool_q"].items()} == {
+        "train": 4700,
+        "selection": 200,
+        "evaluation": 100,
+    }
+    assert record["carve_caps"] == {"max_val_examples_per_task": 200, "eval_examples_per_task": 100}
+    assert dm.stats["bool_q"]["available"] == 4700 and dm.stats["bool_q"]["validation"] == 200
+    assert dm.stats["bool_q"]["evaluation_split"] == "train (another 100 rows held out)"
+    parts = split_task(dm.task_specs[0], dm.files["bool_q"], dm.settings)
+    sets = [set(parts.train["question"]), set(parts.selection["question"]), set(parts.evaluation["question"])]
+    assert [len(x) for x in sets] == [4700, 200, 100] and len(set.union(*sets)) == 5000  # disjoint, all used
+    assert {e["reference"] for e in dm.eval_examples()["bool_q"]} <= {"True", "False"}
+    assert len(dm.eval_examples()["bool_q"]) == 100
+
+    uncapped = FlanDataModule(
+        tasks=["bool_q"], data_files={"bool_q": str(data)}, max_val_examples_per_task=None, eval_examples_per_task=None
+    )
+    parts = split_task(uncapped.task_specs[0], uncapped.files["bool_q"], uncapped.settings)
+    assert (len(parts.train), len(parts.selection), len(parts.evaluation)) == (4000, 500, 500)
+    assert parts.names == {"selection": "train (10% held out)", "evaluation": "train (another 10% held out)"}
+
+
+def checker(data, **kwargs) -> FlanDataModule:
+    """A datamodule with these settings, only to check a record (no tokenizer needed)."""
+    return FlanDataModule(tasks=["bool_q"], data_files={"bool_q": str(data)}, cache_dir=None, **kwargs)
+
+
+def test_test_with_other_caps_scores_a_subset_of_the_held_out_rows_or_stops(tiny_models, tmp_path):
+    data = bool_q_file(tmp_path, 5000)
+    record = fit_datamodule(tiny_models, data, max_examples_per_task=20).describe()["splits"]
+    assert checker(data).check_split_record(record, "A") is True
+    # fewer evaluation examples: a subset of the 100 held out, scored
+    fewer = checker(data, eval_examples_per_task=40)
+    assert fewer.check_split_record(record, "A") is True
+    held = set(split_task(fewer.task_specs[0], fewer.files["bool_q"], checker(data).settings).evaluation["question"])
+    scored = set(split_task(fewer.task_specs[0], fewer.files["bool_q"], fewer.settings).evaluation["question"])
+    assert len(scored) == 40 and scored < held
+    # more would reach rows it trained on; another selection cap moves the evaluation rows
+    for kwargs, flag in [
+        ({"eval_examples_per_task": 150}, "--data.eval_examples_per_task 100 (or fewer)"),
+        ({"eval_examples_per_task": None}, "--data.eval_examples_per_task 100 (or fewer)"),
+        ({"max_val_examples_per_task": 100}, "--data.max_val_examples_per_task 200"),
+    ]:
+        with pytest.raises(
+            UserInputError, match=rf"not all among the 100 held out .*pass {re.escape(flag)} as in"
+        ) as err:
+            checker(data, **kwargs).check_split_record(record, "A")
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserInputError, match=r"pass --data.seed 42 as in training$"):
+        checker(data, seed=7).check_split_record(record, "A")
+
+
+def test_a_record_without_caps_was_carved_by_the_fraction_alone(tiny_models, tmp_path):
+    """An adapter of an older version (its carve took 10% whatever the counts used) records no caps:
+    the check makes that carve, and the capped one of the current defaults is refused."""
+    data = bool_q_file(tmp_path, 5000)
+    old = fit_datamodule(
+        tiny_models, data, max_examples_per_task=20, max_val_examples_per_task=None, eval_examples_per_task=None
+    ).describe()["splits"]
+    del old["carve_caps"]
+    old["max_val_examples_per_task"] = 200  # as the older version recorded it (it did not cap the carve)
+    assert old["tasks"]["bool_q"]["evaluation"]["rows"] == 500
+    flags = "--data.max_val_examples_per_task null --data.eval_examples_per_task null"
+    with pytest.raises(UserInputError, match=re.escape(f"pass {flags} as in training")):
+        checker(data).check_split_record(old, "A")
+    assert checker(data, max_val_examples_per_task=None, eval_examples_per_task=None).check_split_record(old, "A")
+
+
+def test_capped_carve_of_common_gen_holds_out_whole_groups(tiny_models, tmp_path):
+    """Grouped rows are capped in groups: 5 concept sets for selection, 4 for evaluation (10% would be
+    8 of the 80), none shared with training."""
+    data = grouped_common_gen(tmp_path)
+    dm = FlanDataModule(
+        tasks=["common_gen"],
+        data_files={"common_gen": str(data)},
+        tokenizer=str(tiny_models["llama"]),
+        max_val_examples_per_task=5,
+        eval_examples_per_task=4,
+    )
+    parts = split_task(dm.task_specs[0], dm.files["common_gen"], dm.settings)
+    assert (len(concept_sets(parts.selection)), len(concept_sets(parts.evaluation))) == (5, 4)
+    assert len(concept_sets(parts.train)) == 80 - 9
+    assert parts.names["evaluation"] == "train (another 4 concept_set_idx groups held out)"
+    assert_no_concept_set_shared(dm)
+    assert len(dm.eval_examples()["common_gen"]) == 4

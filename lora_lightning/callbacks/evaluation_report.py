@@ -5,7 +5,8 @@ collects them batch by batch (``on_test_batch_end``), then gathers them from eve
 counted once: a distributed sampler's padding repeats are dropped), computes each task's metrics, logs
 them (``test/<task>/<metric>``, ``test_base/<task>/<metric>``) and writes ``eval_results.md`` and
 ``.csv`` beside the adapter (or in the run folder). The table's title names the split each task was
-scored on and its row count: rows that neither trained the adapter nor picked it, checked before scoring
+scored on and its row count, and how many examples of how many training rows the adapter trained on
+per task (its ``training_history.json``): rows that neither trained the adapter nor picked it, checked before scoring
 against the splits the adapter's ``training_history.json`` records
 (:mod:`lora_lightning.data.split_record`). A 0-shot score of an adapter folder also goes into that
 folder's model card (``README.md``, when this project wrote it): the table in its evaluation section and
@@ -107,6 +108,7 @@ class EvaluationReport(Callback):
         title = (
             f"Evaluation rows never used for training or checkpoint selection ({shots}-shot, prompt format "
             f"{pl_module.prompt_format}{versus}): {scored_on(trained)}"
+            + rows_trained(pl_module.hparams.get("adapter"), trained)
         )
         seen_rows = [r for r in rows if r["task"] not in unseen]
         unseen_rows = [r for r in rows if r["task"] in unseen]
@@ -132,6 +134,19 @@ class EvaluationReport(Callback):
                 section += f"\n{unseen_title}.\n\n{as_markdown(unseen_rows)}"
             if write_card_evaluation(adapter, section, card_results(rows, splits), model_name):
                 rank_zero_info(f"Results written into the model card {Path(adapter) / 'README.md'}")
+
+
+def rows_trained(adapter: str | None, tasks: list[str]) -> str:
+    """``". Trained on: bool_q 399,700 examples of 399,700 training rows"``, from the adapter's
+    ``training_history.json`` (what its ``fit`` trained on, per task); empty without one."""
+    history = Path(adapter) / "training_history.json" if adapter else None
+    data = json.loads(history.read_text()).get("data", {}) if history is not None and history.is_file() else {}
+    known = [t for t in tasks if "train" in data.get(t, {}) and "available" in data[t]]
+    if not known:
+        return ""
+    return ". Trained on: " + "; ".join(
+        f"{t} {data[t]['train']:,} examples of {data[t]['available']:,} training rows" for t in known
+    )
 
 
 def log_to_training_run(adapter: Path, results: dict[str, dict[str, float]]) -> None:

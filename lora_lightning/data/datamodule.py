@@ -15,11 +15,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lora_lightning.data.cache import load_cached, save_cached
 from lora_lightning.data.handoff import DataHandoff
 from lora_lightning.data.held_out import HeldOutRows
-from lora_lightning.data.pipeline import DataSettings, build_tokenized, data_cache_key, describe_counts, load_tasks
-from lora_lightning.data.sampling import ResumableLoader, ResumableSampler
+from lora_lightning.data.pipeline import DataSettings, describe_counts, load_tasks
+from lora_lightning.data.prepare import tokenized_sets
+from lora_lightning.data.sampling import ResumableLoader, ResumableSampler, int_column
 from lora_lightning.data.sources import collate_prompt_rows, read_prompt_rows
 from lora_lightning.data.tokenization import CausalLMCollator, PackingCollator
 from lora_lightning.errors import UserInputError
@@ -38,12 +38,14 @@ class FlanDataModule(HeldOutRows, LightningDataModule):
             its train split, or a mapping ``{train: path, validation: path, test: path}``. Overrides ``source``.
         max_examples_per_task: Per-task cap on training examples (the guide's ``-n``); None: no cap.
         max_val_examples_per_task: Selection (validation-loss) examples kept per task; None keeps all.
+            Also caps the selection rows carved out of a task's training rows.
         mixing: ``proportional`` (each task's capped size, FLAN's default), ``uniform`` (equal
             shares) or ``temperature`` (shares proportional to capped size^(1/mixing_temperature)).
         mixing_temperature: The T of ``temperature`` mixing; larger flattens the mix toward small tasks.
         val_fraction: Share of a task's training rows held out (seeded) for each set its source
             lacks: selection when it has no validation split beside a test split, and evaluation too
-            when it has neither.
+            when it has neither; capped by the rows used (``max_val_examples_per_task``,
+            ``eval_examples_per_task``), so a big set holds out only those.
         prompt_format: ``auto`` (the tokenizer's chat template when it has one, else plain), ``plain``
             FLAN text, or ``chat`` (prompt as user turn, completion as assistant turn, loss on it only).
         max_length: Longest tokenized example; longer prompts are cut from the start (leading special
@@ -54,7 +56,8 @@ class FlanDataModule(HeldOutRows, LightningDataModule):
         packing: Pack each batch's examples into as few rows of ``max_length`` as fit (training and
             validation loss: same examples per step, same loss, less padding); each attends only to itself.
         num_workers: DataLoader worker processes.
-        num_proc: Processes for tokenization (None: one).
+        num_proc: Processes for tokenization; None: ``min(cores, 8)`` for a task of at least 50,000
+            rows to tokenize (enough to pay back starting them), else one.
         seed: Seed for row selection, template choice and the held-out slices.
         cache_dir: Where tokenized datasets are cached (None: no cache).
         tokenizer: Tokenizer source; the CLI links it to ``model.adapter`` or else ``model.model_name``.
@@ -62,7 +65,8 @@ class FlanDataModule(HeldOutRows, LightningDataModule):
         base_cache_dir: Cache of converted GGUF models (linked to the model's setting).
         predict_file: ``predict``: a JSON Lines file, one object per prompt with a ``prompt`` key
             (other keys are passed through to the output).
-        eval_examples_per_task: ``test`` / ``validate``: evaluation examples scored per task (None: all).
+        eval_examples_per_task: ``test`` / ``validate``: evaluation examples scored per task (None: all);
+            caps the evaluation rows carved out of training rows (``test`` may pass fewer, not more).
         eval_shots: ``test`` / ``validate``: training examples prepended to each prompt (0: zero-shot).
         eval_tasks: Tasks scored by ``test`` / ``validate`` but never trained on (FLAN's held-out tasks:
             does tuning on ``tasks`` help on tasks it never saw?); their evaluation rows are chosen
@@ -144,19 +148,9 @@ class FlanDataModule(HeldOutRows, LightningDataModule):
     def load_or_build(self) -> None:
         self.load_tokenizer()
         hp = self.hparams
-        key = data_cache_key(self.tokenizer, self.task_specs, self.files, self.settings, self.prompt_format)
-        folder = Path(hp.cache_dir) / key if hp.cache_dir is not None else None
-        cached = load_cached(folder) if folder is not None else None
-        if cached is not None:
-            splits, self.stats = cached
-            rank_zero_info(f"Tokenized data: cache hit, loaded {folder}")
-        else:
-            splits, self.stats = build_tokenized(
-                self.task_specs, self.files, self.tokenizer, self.prompt_format, self.settings
-            )
-            if folder is not None:
-                save_cached(folder, splits, self.stats)
-                rank_zero_info(f"Tokenized data cached in {folder}")
+        splits, self.stats = tokenized_sets(
+            self.tokenizer, self.task_specs, self.files, self.settings, self.prompt_format, hp.cache_dir
+        )
         self.train_set, self.val_set = splits["train"], splits["validation"]
         for line in describe_counts(self.stats, hp.max_length):
             rank_zero_info(line)
@@ -171,7 +165,7 @@ class FlanDataModule(HeldOutRows, LightningDataModule):
         """Batches in an order fixed by (seed, epoch, rank); Lightning checkpoints the position."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        lengths = [len(ids) for ids in self.train_set["input_ids"]] if self.hparams.group_by_length else None
+        lengths = int_column(self.train_set, "length") if self.hparams.group_by_length else None
         hp, accumulate = self.hparams, trainer.accumulate_grad_batches if trainer is not None else 1
         sampler = ResumableSampler(self.train_set, world, rank, hp.seed, hp.batch_size, lengths)
         self.train_loader = ResumableLoader(

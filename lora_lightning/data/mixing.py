@@ -8,13 +8,16 @@ guide's ``-n``) and ``N = sum(m_i)`` examples in all, task i gets ``N * m_i^(1/T
 - ``uniform``: T = infinity, every task gets N / k.
 
 A task asked for more examples than it has repeats its rows (with a new template draw each time).
+The rows a task contributes are drawn once per run (:func:`take_indices`) and every epoch trains on
+all of them, so each epoch holds the stated shares.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+
+import numpy as np
 
 STRATEGIES = ("proportional", "uniform", "temperature")
 
@@ -44,8 +47,14 @@ def mixture_counts(
     return counts
 
 
-def take_indices(size: int, count: int, seed: int) -> Sequence[int]:
-    """``count`` row indices from a seeded shuffle of ``range(size)``, cycling when count > size."""
-    order = list(range(size))
-    random.Random(seed).shuffle(order)
-    return [order[i % size] for i in range(count)]
+def take_indices(size: int, count: int, seed: int) -> np.ndarray:
+    """``count`` row indices of ``range(size)`` in a seeded random order, cycling through a seeded
+    permutation when count > size.
+
+    Drawn with numpy's ``Generator.choice`` without replacement, which for a count below 1/50 of the
+    size (a big task mostly left out by a cap or its share) keeps only the drawn indices (Floyd's
+    algorithm): memory in the count, not the size."""
+    rng = np.random.default_rng(seed)
+    if count <= size:
+        return rng.choice(size, count, replace=False)
+    return np.resize(rng.permutation(size), count)

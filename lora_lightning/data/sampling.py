@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lora_lightning.data.tokenization import IGNORE_INDEX
@@ -21,13 +23,24 @@ from lora_lightning.data.tokenization import IGNORE_INDEX
 MEGA_BATCHES = 50  # length grouping sorts within windows of this many batches
 
 
+def int_column(dataset: Any, column: str) -> np.ndarray:
+    """An integer column of a dataset as one int32 numpy array (``length``: each example's tokens),
+    read from its Arrow files without a Python object per row."""
+    return np.asarray(dataset.with_format("numpy")[column], dtype=np.int32)
+
+
 class ResumableSampler(DistributedSampler):
     """Epoch-seeded, rank-sharded order; after ``resume_at = (epoch, n)`` that epoch's iteration
     leaves out its first ``n`` batches.
 
-    With ``lengths``, batches are grouped by length (less padding): each window of
-    ``MEGA_BATCHES`` batches of the shuffled order is sorted by length and cut into batches, and
-    the batches are shuffled (seeded), the one short batch last so batch boundaries stay put.
+    The order is ``DistributedSampler``'s (a ``torch.randperm`` seeded by seed + epoch, padded to a
+    multiple of the ranks, every rank taking its stride), held as one numpy array (8 bytes per
+    example, not a Python list) and handed out in chunks.
+
+    With ``lengths`` (a numpy array, one per example), batches are grouped by length (less padding):
+    each window of ``MEGA_BATCHES`` batches of the shuffled order is sorted by length (longest first,
+    ties in order) and cut into batches, and the batches are shuffled (seeded), the one short batch
+    last so batch boundaries stay put.
     """
 
     def __init__(
@@ -37,31 +50,44 @@ class ResumableSampler(DistributedSampler):
         rank: int = 0,
         seed: int = 0,
         batch_size: int = 1,
-        lengths: Sequence[int] | None = None,
+        lengths: Sequence[int] | np.ndarray | None = None,
     ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.batch_size = batch_size
-        self.lengths = lengths
+        self.lengths = np.asarray(lengths) if lengths is not None else None
         self.skip_batches = 0
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def order(self) -> np.ndarray:
+        """This rank's indices for the current epoch, as ``DistributedSampler.__iter__`` makes them."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        permutation = torch.randperm(len(self.dataset), generator=generator).numpy()  # type: ignore[arg-type]
+        padded = np.resize(permutation, self.total_size)  # repeats from the start, as the list padding does
+        return padded[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         resume, self.resume_at = self.resume_at, None
         self.skip_batches = resume[1] if resume is not None and resume[0] == self.epoch else 0
-        indices = list(super().__iter__())
+        indices = self.order()
         if self.lengths is not None:
             indices = self.group_by_length(indices)
-        return iter(indices[self.skip_batches * self.batch_size :])
+        return chunked(indices[self.skip_batches * self.batch_size :])
 
-    def group_by_length(self, indices: list[int]) -> list[int]:
-        window = self.batch_size * MEGA_BATCHES
-        batches = []
-        for start in range(0, len(indices), window):
-            chunk = sorted(indices[start : start + window], key=lambda i: self.lengths[i], reverse=True)
-            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
-        full = [b for b in batches if len(b) == self.batch_size]
-        random.Random(f"{self.seed}:{self.epoch}:{self.rank}").shuffle(full)
-        return [i for b in full + [b for b in batches if len(b) < self.batch_size] for i in b]
+    def group_by_length(self, indices: np.ndarray) -> np.ndarray:
+        size = self.batch_size
+        window = np.arange(len(indices)) // (size * MEGA_BATCHES)
+        by_length = indices[np.lexsort((-self.lengths[indices], window))]  # stable: ties keep their order
+        full = len(by_length) // size
+        batches = list(range(full))
+        random.Random(f"{self.seed}:{self.epoch}:{self.rank}").shuffle(batches)
+        return np.concatenate([by_length[: full * size].reshape(full, size)[batches].ravel(), by_length[full * size :]])
+
+
+def chunked(indices: np.ndarray, chunk: int = 4096) -> Iterator[int]:
+    """The indices as Python ints, converting ``chunk`` at a time."""
+    for start in range(0, len(indices), chunk):
+        yield from indices[start : start + chunk].tolist()
 
 
 class ResumableLoader(DataLoader):

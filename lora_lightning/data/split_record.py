@@ -7,11 +7,15 @@ their row ids. A row's id is a hash of its content, so other data under the same
 other rows; a split's hash ignores row order, so a task's own validation or test split shuffled
 by another seed is still the same split.
 
-``test`` and standalone ``validate`` with ``model.adapter`` make the evaluation rows again from
-the current settings and stop with one line when a task's rows are not the recorded ones: under
-another seed or fraction, rows carved out of the training rows would include rows the adapter
-trained on or was picked by, and the table would overstate it. The line names the setting that
-differs and the value to pass. An adapter without the record (an older one) gets a warning.
+Rows carved out of the training rows are capped by the counts used (:data:`CARVE_CAPS`:
+``max_val_examples_per_task`` for selection, ``eval_examples_per_task`` for evaluation), so the record
+holds those caps too (``carve_caps``). ``test`` and standalone ``validate`` with ``model.adapter`` make
+the evaluation rows of the training carve again (the current seed, fraction and data, the recorded
+caps) and stop with one line when they are not the recorded ones: under another seed or fraction,
+rows carved out of the training rows would include rows the adapter trained on or was picked by, and
+the table would overstate it. Then the rows the current caps would score must be among them: fewer
+evaluation examples score a subset; more, or another selection cap, are refused. The line names the
+setting that differs and the value to pass. An adapter without the record (an older one) gets a warning.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RECORDED_SETTINGS = ("source", "seed", "val_fraction", "max_val_examples_per_task")
+CARVE_CAPS = ("max_val_examples_per_task", "eval_examples_per_task")
+"""The settings that cap the rows carved out of a task's training rows (selection, evaluation)."""
 SPLITS = ("train", "selection", "evaluation")
 
 
@@ -47,10 +55,26 @@ def row_id(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def row_ids(rows: Any) -> np.ndarray:
+    """The sorted ids of a set of rows, as one array of 16-byte strings (not a Python object per row)."""
+    ids, batch = [], []
+    for row in iter_rows(rows):
+        batch.append(row_id(row))
+        if len(batch) == 10_000:
+            ids.append(np.array(batch, dtype="S16"))
+            batch = []
+    ids.append(np.array(batch, dtype="S16"))
+    return np.sort(np.concatenate(ids))
+
+
 def rows_digest(rows: Any) -> dict[str, Any]:
-    """``{"rows": count, "hash": ...}`` of a set of rows; the hash does not depend on their order."""
-    ids = sorted(row_id(row) for row in iter_rows(rows))
-    return {"rows": len(ids), "hash": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    """``{"rows": count, "hash": ...}`` of a set of rows; the hash does not depend on their order
+    (a SHA-256 of the sorted row ids, one a line)."""
+    ids = row_ids(rows)
+    digest = hashlib.sha256()
+    for start in range(0, len(ids), 10_000):
+        digest.update((b"\n" if start else b"") + b"\n".join(ids[start : start + 10_000].tolist()))
+    return {"rows": len(ids), "hash": digest.hexdigest()}
 
 
 def split_record(
@@ -60,6 +84,7 @@ def split_record(
     (``{task: {split: rows_digest}}``)."""
     return {
         **{name: getattr(settings, name) for name in RECORDED_SETTINGS},
+        "carve_caps": {name: getattr(settings, name) for name in CARVE_CAPS},
         "data_files": {task: dict(paths) for task, paths in files.items()},
         "tasks": {task: dict(digests) for task, digests in tasks.items()},
     }
@@ -93,3 +118,33 @@ def split_mismatch(
     if was != now:
         return f"{where}; its data files differ (trained with {was or 'none'}, now {now or 'none'}): give those"
     return f"{where}; its data changed since training: score it on the rows it was trained beside, or train again"
+
+
+def recorded_caps(record: Mapping[str, Any]) -> dict[str, int | None]:
+    """The caps an adapter's carve was made with; a record without them (an older version's, whose
+    carve took ``val_fraction`` uncapped) gives None for each: the same carve."""
+    return dict(record.get("carve_caps") or dict.fromkeys(CARVE_CAPS))
+
+
+def carve_mismatch(
+    record: Mapping[str, Any], settings: Any, task: str, now: np.ndarray, held: np.ndarray, adapter: str
+) -> str | None:
+    """None when the rows the current caps would score (``now``: their ids) are among those held out
+    for evaluation when ``adapter`` was trained (``held``), else the one-line reason and the caps to pass.
+
+    Selection is carved first and evaluation next, so a smaller ``eval_examples_per_task`` scores a
+    subset of the held-out rows and passes; a larger one, or another ``max_val_examples_per_task``,
+    would reach rows the adapter trained on or was picked by."""
+    if np.isin(now, held).all():
+        return None
+    caps = recorded_caps(record)
+    flags = [
+        f"--data.{name} {json.dumps(was)}" + (" (or fewer)" if name == "eval_examples_per_task" and was else "")
+        for name, was in caps.items()
+        if was != getattr(settings, name)
+    ]
+    return (
+        f"task {task!r} would be scored on {len(now)} rows, not all among the {len(held)} held out for "
+        f"evaluation when adapter {adapter!r} was trained (the others trained it or picked it); "
+        f"pass {' '.join(flags) or 'the caps it was trained with'} as in training"
+    )
