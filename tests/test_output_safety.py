@@ -12,7 +12,7 @@ from lora_lightning import atomic_write
 from lora_lightning.atomic_write import atomic_folder
 from lora_lightning.callbacks import AdapterCheckpoint, JsonlPredictionWriter
 from lora_lightning.data import FlanDataModule
-from lora_lightning.data.cache import load_cached, save_cached
+from lora_lightning.data.cache import load_cached
 from lora_lightning.errors import UserInputError
 from lora_lightning.evaluation.harness import write_harness_tasks
 from lora_lightning.loading import load_causal_lm, load_tokenizer
@@ -258,10 +258,17 @@ def test_fit_refuses_a_user_made_adapter_folder_before_training(tiny_models, tmp
 def test_the_data_cache_is_rewritten_and_read_with_its_manifest(tiny_models, tmp_path):
     import datasets
 
+    from lora_lightning.atomic_write import atomic_folder
+    from lora_lightning.data.cache import write_index
+
     folder = tmp_path / "cache" / "key"
-    splits = {"train": datasets.Dataset.from_dict({"input_ids": [[1, 2]]})}
-    save_cached(folder, splits, {"bool_q": {"available": 1}})
-    save_cached(folder, splits, {"bool_q": {"available": 2}})  # a re-run rewriting its own entry
-    loaded, stats = load_cached(folder)
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
+    for available in (1, 2):  # the second: a re-run rewriting its own entry
+        with atomic_folder(folder) as tmp:
+            part = datasets.Dataset.from_dict({"input_ids": [[1, 2]]}, features=features)
+            part = part.map(lambda row: row, cache_file_name=str(tmp / "train-0.arrow"))
+            write_index(tmp, {"train": [part]}, {"bool_q": {"available": available}})
+            del part
+    loaded, stats = load_cached(folder, features)
     assert stats == {"bool_q": {"available": 2}} and loaded["train"]["input_ids"] == [[1, 2]]
     assert (folder / MANIFEST).is_file()

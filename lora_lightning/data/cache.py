@@ -60,7 +60,8 @@ def open_split(folder: Path, names: Sequence[str], features: Any) -> Any:
 
 def arrow_files(folder: Path, parts: Sequence[Any]) -> list[str]:
     """The Arrow files of ``parts`` (datasets written under ``folder``), in order, relative to it."""
-    return [str(Path(f["filename"]).relative_to(folder)) for part in parts for f in part.cache_files]
+    root = Path(folder).resolve()  # datasets names its files by absolute path; ``folder`` may be relative
+    return [str(Path(f["filename"]).resolve().relative_to(root)) for part in parts for f in part.cache_files]
 
 
 def load_cached(folder: Path, features: Any) -> tuple[dict[str, Any], dict] | None:
