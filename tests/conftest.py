@@ -180,3 +180,21 @@ def needs_shared_data(task: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent: real Hub-format rows are a developer fixture, not shipped to users")
     return path
+
+
+def random_adapter(base: Path, folder: Path, seed: int = 0, **lora) -> Path:
+    """A LoRA adapter (rank 4, no dropout, unless ``lora`` says otherwise) with random non-zero weights,
+    saved as training saves it, with the base's tokenizer."""
+    import torch
+
+    from lora_lightning.loading import load_causal_lm, load_tokenizer
+    from lora_lightning.model.lora import apply_lora
+
+    model = apply_lora(load_causal_lm(str(base)), **{"r": 4, "dropout": 0.0, **lora})
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    model.save_pretrained(folder)
+    load_tokenizer(str(base)).save_pretrained(folder)
+    return folder

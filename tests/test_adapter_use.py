@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, random_adapter, run_cli
 from safetensors.torch import save_file
 
-from lora_lightning.loading import load_causal_lm, load_tokenizer
+from lora_lightning.loading import load_tokenizer
 from lora_lightning.model import generate, load_adapters, load_lora_model
-from lora_lightning.model.lora import apply_lora
 from lora_lightning.model.merge import MergeError, merge_adapter
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
@@ -20,14 +19,7 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
 
 def make_adapter(base, folder, seed):
     """An adapter with random (non-zero) LoRA weights, saved as training would save it."""
-    model = apply_lora(load_causal_lm(str(base)), r=4, dropout=0.0)
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            torch.nn.init.normal_(p, std=0.3)
-    model.save_pretrained(folder)
-    load_tokenizer(str(base)).save_pretrained(folder)
-    return folder
+    return random_adapter(base, folder, seed)
 
 
 @pytest.fixture(scope="module")

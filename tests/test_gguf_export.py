@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import run_cli
+from conftest import random_adapter, run_cli
 from gguf import GGUFReader
 from peft import PeftModel
 from safetensors.numpy import load_file
@@ -21,8 +20,7 @@ from transformers.modeling_gguf_pytorch_utils import BloomTensorProcessor, GPT2T
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.export.gguf import GGUFExportError, export_gguf
-from lora_lightning.loading import load_causal_lm, load_tokenizer
-from lora_lightning.model.lora import apply_lora
+from lora_lightning.loading import load_causal_lm
 
 ARCH_NAMES = {"gpt2": "gpt2", "gpt_neox": "gptneox", "llama": "llama"}
 EXPECTED_MODULES = {  # all-linear on the tiny two-layer models: llama.cpp's tensor names of block 1
@@ -34,15 +32,7 @@ EXPECTED_MODULES = {  # all-linear on the tiny two-layer models: llama.cpp's ten
 
 def make_adapter(base, folder, seed=0, **lora):
     """A LoRA adapter with random non-zero weights on every linear layer, saved as training saves it."""
-    settings = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", **lora}
-    model = apply_lora(load_causal_lm(str(base)), **settings)
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            torch.nn.init.normal_(p, std=0.3)
-    model.save_pretrained(folder)
-    load_tokenizer(str(base)).save_pretrained(folder)
-    return folder
+    return random_adapter(base, folder, seed, **{"alpha": 8, "target_modules": "all-linear", **lora})
 
 
 def read_gguf(path):
