@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.data.cache import cache_key, file_fingerprint, tokenizer_fingerprint
 from lora_lightning.data.eval_examples import EvalExample, build_eval_examples
+from lora_lightning.data.mapped_pages import RELEASE_EVERY_ROWS, in_file_order, mapped_files, release_mapped_pages
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
 from lora_lightning.data.split_record import (
@@ -156,7 +157,7 @@ def data_cache_key(
             "sources": sources,
             "settings": settings,
             "prompt_format": prompt_format,
-            "layout": 4,  # 4: carves capped by the counts used, Arrow files per task on disk
+            "layout": 5,  # 5: examples in file order; 4: carves capped by the counts used, Arrow files per task
         }
     )
 
@@ -310,13 +311,21 @@ def encode_task_rows(
     index_base: int = 0,
 ) -> tuple[Any, int]:
     """Template-fill and tokenize one task's rows (batched, :func:`tokenize_processes` processes) into
-    the Arrow file(s) ``target`` (memory-mapped: the rows never all sit in memory).
+    the Arrow file(s) ``target`` (memory-mapped: the rows never all sit in memory). The rows are read
+    in file order (:func:`.mapped_pages.in_file_order`), so the examples come out in that order, each
+    numbered (``example_id``, template draw) by its place in ``rows``.
 
     Returns the kept examples (:data:`TOKENIZED_COLUMNS`: input_ids, labels, task, example_id,
     length, completion_tokens) and how many were dropped as too long."""
     import datasets
 
-    def fill_and_tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+    ordered, order = in_file_order(rows)  # read front to back; example i keeps its number and template draw
+    files = mapped_files(ordered)
+
+    def fill_and_tokenize(batch: dict[str, list], positions: list[int]) -> dict[str, list]:
+        indices = positions if order is None else order[positions].tolist()
+        if files and positions and positions[0] % RELEASE_EVERY_ROWS < len(positions):
+            release_mapped_pages(files)  # this worker's pages of the rows it has tokenized
         rows_in_batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
         try:
             pairs = [task.format_random(row, settings.seed, index_base + i) for row, i in zip(rows_in_batch, indices)]
@@ -339,7 +348,7 @@ def encode_task_rows(
     if len(rows) == 0:
         return datasets.Dataset.from_dict({k: [] for k in TOKENIZED_COLUMNS}, features=features), 0
     processes = max(1, min(tokenize_processes(settings.num_proc, len(rows)), len(rows)))
-    mapped = rows.map(
+    mapped = ordered.map(
         fill_and_tokenize,
         batched=True,
         with_indices=True,

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from lora_lightning.data.mapped_pages import RELEASE_EVERY_ROWS, in_file_order, mapped_files, release_mapped_pages
+
 RECORDED_SETTINGS = ("source", "seed", "val_fraction", "max_val_examples_per_task")
 CARVE_CAPS = ("max_val_examples_per_task", "eval_examples_per_task")
 """The settings that cap the rows carved out of a task's training rows (selection, evaluation)."""
@@ -41,12 +43,20 @@ def recorded_splits(adapter: str | Path) -> dict[str, Any] | None:
 
 
 def iter_rows(rows: Any) -> Iterator[dict]:
-    """The rows of a ``datasets.Dataset`` (read in batches: much faster than one by one) or a list."""
+    """The rows of a ``datasets.Dataset`` (read in batches: much faster than one by one) or a list.
+
+    The pages of the set's memory-mapped files that the pass reads are let go every
+    :data:`.mapped_pages.RELEASE_EVERY_ROWS` rows and at the end, so a pass over a million rows does
+    not leave the whole file resident."""
     if isinstance(rows, list):
         yield from rows
         return
-    for batch in rows.iter(batch_size=1000):
+    files = mapped_files(rows)
+    for number, batch in enumerate(rows.iter(batch_size=1000), start=1):
         yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+        if files and number % (RELEASE_EVERY_ROWS // 1000) == 0:
+            release_mapped_pages(files)
+    release_mapped_pages(files)
 
 
 def row_id(row: Mapping[str, Any]) -> str:
@@ -56,9 +66,10 @@ def row_id(row: Mapping[str, Any]) -> str:
 
 
 def row_ids(rows: Any) -> np.ndarray:
-    """The sorted ids of a set of rows, as one array of 16-byte strings (not a Python object per row)."""
+    """The sorted ids of a set of rows, as one array of 16-byte strings (not a Python object per row);
+    read in file order (the ids are sorted anyway)."""
     ids, batch = [], []
-    for row in iter_rows(rows):
+    for row in iter_rows(rows if isinstance(rows, list) else in_file_order(rows)[0]):
         batch.append(row_id(row))
         if len(batch) == 10_000:
             ids.append(np.array(batch, dtype="S16"))
