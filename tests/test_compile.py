@@ -109,3 +109,29 @@ def test_blocks_found_after_fsdp2_renames_their_class(tiny_models):
         block.__class__ = type(f"FSDP{cls.__name__}", (cls,), {})
     assert [type(b).__name__ for b in decoder_blocks(module.model, "-")] == ["FSDPLlamaDecoderLayer"] * 2
     assert compile_blocks(module.model, "cpu") == 2
+
+
+def test_one_graph_traced_once_serves_every_block_under_lora(tiny_models, examples, dynamo_on):
+    """Old code traced two graphs (the first block's input, the frozen embedding's output, needs no
+    gradient; dynamo guards on it) and restarted its analysis once over float constants: about twice
+    the first step's compile. Now the first block runs eager and floats are specialized."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    rows, pad = examples
+    module = lora_module(tiny_models["llama"])
+    module.model.train()
+    blocks = decoder_blocks(module.model, "")
+    hidden_needs_grad = []
+    blocks[0].register_forward_pre_hook(
+        lambda m, args, kw: hidden_needs_grad.append(
+            args[0].requires_grad if args else kw["hidden_states"].requires_grad
+        ),
+        with_kwargs=True,
+    )
+    compilation_time_metrics.clear()
+    compile_blocks(module.model, "cpu")
+    for batch in (PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])):
+        loss_and_grads(module, batch)
+    assert hidden_needs_grad and not any(hidden_needs_grad)  # the case that made a second graph
+    assert dynamo_on["stats"]["unique_graphs"] == 1
+    assert "compile_attempt_0" in compilation_time_metrics and "compile_attempt_1" not in compilation_time_metrics
