@@ -9,7 +9,7 @@ CONFIGS = --config $(BASE) $(if $(filter-out $(BASE),$(CONFIG)),--config $(CONFI
 RUN    ?= checkpoints/$(basename $(notdir $(CONFIG)))
 ARGS   ?=
 
-.PHONY: install train eval test test-fast lint bench bench-gpu bench-qlora bench-data quality tensorboard clean
+.PHONY: install train eval test test-fast lint bench bench-gpu bench-qlora bench-data profile quality tensorboard clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py $(ARGS)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --variants $(ARGS)
 	$(PY) benchmarks/lora_vs_full.py
+
+# Where a training step's time goes, by category (benchmarks/profile_step.py; needs ../shared).
+profile: install
+	$(PY) benchmarks/profile_step.py $(ARGS)
 
 bench-gpu: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench.py --device cuda $(ARGS)

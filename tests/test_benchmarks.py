@@ -88,3 +88,22 @@ def test_data_scale_bench_prepares_trains_and_reads_its_cache(tiny_models, tmp_p
     # 600 rows: 60 selection and 60 evaluation rows (10%, under the caps of 200 and 100), 480 trained
     assert re.search(r"^\| 600 \| 480 \| 60 \| 60 \| [\d.]+ \| [\d,]+ \| [\d.]+ \|", done.stdout, re.M), done.stdout
     assert "Every row trains but the held-out ones: yes" in done.stdout and "harness OK" in done.stdout
+
+
+def test_step_profile_sums_every_category_of_a_real_step(real_rows, tiny_models, tmp_path):
+    out = tmp_path / "profile.md"
+    done = run("profile_step.py", "--smoke", "--model", str(tiny_models["llama"]), "--output", str(out), compile=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dict(
+        (name, (float(share), float(gflop)))
+        for name, share, gflop in re.findall(
+            r"^\| ([^|*]+?) \| [\d.]+ \| ([\d.]+)% \| ([\d.,]+) \|", out.read_text(), re.M
+        )
+    )
+    assert set(rows) == {
+        "frozen-base GEMMs", "LoRA matmuls", "completion head and loss", "attention",
+        "fused elementwise (compiled)", "elementwise (eager)", "optimizer", "data", "framework and Python",
+    }  # fmt: skip
+    assert sum(share for share, _ in rows.values()) == pytest.approx(100, abs=0.6)
+    assert rows["frozen-base GEMMs"][1] > 0 and rows["LoRA matmuls"][1] > 0  # the profiler's FLOPs, by shape
+    assert rows["optimizer"][0] > 0
