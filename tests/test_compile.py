@@ -130,8 +130,9 @@ def test_one_graph_traced_once_serves_every_block_under_lora(tiny_models, exampl
     )
     compilation_time_metrics.clear()
     compile_blocks(module.model, "cpu")
+    graphs = dynamo_on["stats"]["unique_graphs"]  # the counters outlive dynamo's reset: count from here
     for batch in (PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])):
         loss_and_grads(module, batch)
     assert hidden_needs_grad and not any(hidden_needs_grad)  # the case that made a second graph
-    assert dynamo_on["stats"]["unique_graphs"] == 1
+    assert dynamo_on["stats"]["unique_graphs"] - graphs == 1
     assert "compile_attempt_0" in compilation_time_metrics and "compile_attempt_1" not in compilation_time_metrics
