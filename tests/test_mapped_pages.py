@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_lightning.data import split_record
+from lora_lightning.data import mapped_pages
 from lora_lightning.data.mapped_pages import in_file_order, mapped_files, release_mapped_pages
 from lora_lightning.data.split_record import iter_rows, row_id, row_ids
 
@@ -64,7 +64,7 @@ def test_a_pass_keeps_only_a_stretch_of_the_file_resident(big_set, monkeypatch):
     files = mapped_files(big_set)
     size = sum(Path(p).stat().st_size for p in files)
     assert size > 50 * 2**20
-    monkeypatch.setattr(split_record, "RELEASE_EVERY_ROWS", 5000)
+    monkeypatch.setattr(mapped_pages, "RELEASE_EVERY_ROWS", 5000)
     release_mapped_pages(files)
     shuffled = big_set.shuffle(seed=5)
     most = 0

@@ -1,7 +1,7 @@
 """Read memory-mapped Arrow sets in file order, and let go of the pages a pass has read.
 
 ``datasets`` keeps every set in Arrow files mapped into memory. Reading all the rows of a big set
-(the row hashes of the split record, the group keys of a carve, an epoch of training) maps each page
+(the row hashes of the split record, the tokenization of a task's rows) maps each page
 of its files into the process: they count in its resident memory (``RssFile``) until the set is
 dropped, so a million-row file of 700 MB adds 700 MB to the peak RSS that users and their schedulers
 watch, although the kernel could drop those clean pages. After such a pass, and every so many rows
@@ -59,6 +59,12 @@ def in_file_order(rows: Any) -> tuple[Any, np.ndarray | None]:
     order = np.argsort(positions, kind="stable")
     base = datasets.Dataset(rows.data, info=rows.info.copy(), split=rows.split)
     return base.select(positions[order]), order
+
+
+def release_due(first_row: int, rows: int) -> bool:
+    """Whether a pass's batch of ``rows`` rows from row ``first_row`` crosses a multiple of
+    :data:`RELEASE_EVERY_ROWS` (then the pass lets its pages go)."""
+    return (first_row + rows) // RELEASE_EVERY_ROWS > first_row // RELEASE_EVERY_ROWS
 
 
 def read_only_mappings(paths: Iterable[str]) -> list[tuple[int, int]]:

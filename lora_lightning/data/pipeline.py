@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lora_lightning.data.cache import cache_key, file_fingerprint, tokenizer_fingerprint
 from lora_lightning.data.eval_examples import EvalExample, build_eval_examples
-from lora_lightning.data.mapped_pages import RELEASE_EVERY_ROWS, in_file_order, mapped_files, release_mapped_pages
+from lora_lightning.data.mapped_pages import in_file_order, mapped_files, release_due, release_mapped_pages
 from lora_lightning.data.mixing import STRATEGIES, mixture_counts, take_indices
 from lora_lightning.data.sources import demo_files, load_task_splits, normalize_data_files
 from lora_lightning.data.split_record import (
@@ -324,7 +324,7 @@ def encode_task_rows(
 
     def fill_and_tokenize(batch: dict[str, list], positions: list[int]) -> dict[str, list]:
         indices = positions if order is None else order[positions].tolist()
-        if files and positions and positions[0] % RELEASE_EVERY_ROWS < len(positions):
+        if files and positions and release_due(positions[0], len(positions)):
             release_mapped_pages(files)  # this worker's pages of the rows it has tokenized
         rows_in_batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
         try:
