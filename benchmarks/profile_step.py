@@ -93,7 +93,8 @@ class StepProfiler(Callback):
             hp = pl_module.hparams
             peft = pl_module.model.peft_config["default"]
             vocab = pl_module.model.get_input_embeddings().weight.shape[0]
-            sums = categorize(self.profiler.events(), getattr(peft, "r", None), vocab)
+            events = self.profiler.events()
+            sums = categorize(events, getattr(peft, "r", None), vocab)
             Path(self.out).write_text(
                 json.dumps(
                     {
@@ -101,6 +102,7 @@ class StepProfiler(Callback):
                         "steps": self.steps,
                         "tokens": self.tokens,
                         "sums": sums,
+                        "top_kernels": top_kernels(events),
                         "target_modules": sorted(getattr(peft, "target_modules", []) or []),
                         "compile": bool(hp.get("compile")),
                         "r": getattr(peft, "r", None),
@@ -121,6 +123,10 @@ def under(event, names: tuple[str, ...]) -> bool:
     return False
 
 
+def is_compiled_kernel(name: str) -> bool:
+    return name.startswith("cpp_fused") or name.startswith("graph_") or "Torch-Compiled Region" in name
+
+
 def category(event, rank: int | None, vocab: int) -> str | None:
     """The category of an operator's own time; None for what is not an operator (user scopes)."""
     name = event.name
@@ -139,7 +145,7 @@ def category(event, rank: int | None, vocab: int) -> str | None:
         return "attention"
     if any(a in name for a in LOSS):
         return "completion head and loss"
-    if name.startswith("cpp_fused") or name.startswith("graph_") or "Torch-Compiled Region" in name:
+    if is_compiled_kernel(name):
         return "fused elementwise (compiled)"
     if name.startswith("aten::") or name.startswith("inductor::") or name.startswith("cpp_"):
         return "elementwise (eager)"
@@ -156,6 +162,15 @@ def categorize(events, rank: int | None, vocab: int) -> dict[str, dict[str, floa
         sums[kind]["s"] += event.self_cpu_time_total / 1e6
         sums[kind]["flops"] += float(getattr(event, "flops", 0) or 0)
     return dict(sums)
+
+
+def top_kernels(events, count: int = 8) -> list[tuple[str, float]]:
+    """The compiled kernels with the most own time: ``[(name, seconds), ...]``, most first."""
+    sums: dict[str, float] = defaultdict(float)
+    for event in events:
+        if is_compiled_kernel(event.name):
+            sums[event.name] += event.self_cpu_time_total / 1e6
+    return sorted(sums.items(), key=lambda item: -item[1])[:count]
 
 
 def worker(args) -> None:
@@ -206,6 +221,12 @@ def table(record: dict, peak_flops: float | None) -> str:
     lines.append(
         f"| **step** | {wall / steps:.3f} | 100% | {total_flops / steps / 1e9:,.1f} | {total_flops / wall / 1e9:,.0f} |"
     )
+    kernels = record.get("top_kernels") or []
+    if kernels:
+        lines.append(
+            "\nCompiled kernels with the most time (s per step): "
+            + "; ".join(f"{name} {seconds / steps:.3f}" for name, seconds in kernels)
+        )
     tokens_s = record["tokens"] / wall
     tail = f"\n{tokens_s:,.0f} tokens/s over the profiled steps (the profiler adds its own overhead)"
     if peak_flops:
