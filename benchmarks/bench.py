@@ -175,6 +175,11 @@ def run_ours(args) -> dict:
         from lora_lightning.model import fused_head, loss
 
         loss.chunked_token_losses = fused_head.plain_chunked_losses
+    if args.torch_dropout:  # compiled blocks draw dropout masks with inductor's RNG (the previous path)
+        from lora_lightning.model import compiling
+
+        compiling.use_counter_dropout = lambda block: 0
+        compiling.COMPILE_OPTIONS = {}
     clock = Path(args.out).with_suffix(".clock.json")
     argv = [
         "fit",
@@ -308,6 +313,9 @@ def worker(args) -> None:
 # -- the parent: rounds, the peak, the tables ------------------------------------------------------
 
 
+PREVIOUS_PATHS = ("--old-head", "--torch-dropout")  # worker flags that put back a replaced code path
+
+
 def run_worker(args, system: str, out: Path, spec: Path | None = None, flags: list[str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), "--work", str(out.parent)]
     cmd += ["--model", args.model, "--device", args.device, "--data-dir", str(args.data_dir)]
@@ -315,8 +323,8 @@ def run_worker(args, system: str, out: Path, spec: Path | None = None, flags: li
     cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     cmd += ["--max-length", str(args.max_length)] if args.max_length else []
     cmd += ["--spec", str(spec)] if spec else []
-    cmd += [f"--overrides={json.dumps([f for f in flags or [] if f != '--old-head'])}"]
-    cmd += ["--old-head"] if "--old-head" in (flags or []) else []
+    cmd += [f"--overrides={json.dumps([f for f in flags or [] if f not in PREVIOUS_PATHS])}"]
+    cmd += [f for f in flags or [] if f in PREVIOUS_PATHS]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
@@ -467,6 +475,9 @@ def variant_options() -> list[tuple[str, list[str]]]:
         ("fp32 (32-true, so a float32 base)", ["--trainer.precision", "32-true"]),
         ("float32 base under bf16-mixed", ["--model.base_dtype", "float32"]),
         ("old head (every chunk's logits kept for backward)", ["--old-head"]),
+        ("dropout masks from inductor's RNG (before counter_dropout)", ["--torch-dropout"]),
+        ("LoRA dropout 0", ["--model.lora_dropout", "0.0"]),
+        ("LoRA on attention only (target_modules auto: q,v on Llama)", ["--model.target_modules", "auto"]),
         ("full-logits head", ["--model.completion_only_head", "false"]),
         ("gradient checkpointing", ["--model.gradient_checkpointing", "true"]),
     ]
@@ -544,6 +555,7 @@ def main() -> None:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--old-head", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-dropout", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

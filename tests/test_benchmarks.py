@@ -68,13 +68,14 @@ def test_lora_vs_full_measures_memory_and_files(tmp_path):
 
 def test_option_variants_run(real_rows, tiny_models, tmp_path):
     out = tmp_path / "bench.md"
-    # eight runs; the compiled default is run by the test above
+    # eleven runs; the compiled default is run by the test above
     done = run(
         "bench.py", "--smoke", "--variants", "--model", str(tiny_models["gpt2"]), "--output", str(out), compile=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "variants.md").read_text()
-    options = ("default", "fp32 (32-true", "float32 base", "old head", "full-logits head", "gradient checkpointing")
+    options = ("default", "fp32 (32-true", "float32 base", "old head", "dropout masks from inductor", "LoRA dropout 0")
+    options += ("LoRA on attention only", "full-logits head", "gradient checkpointing")
     for option in (*options, "eager (model.compile false)"):
         assert f"| {option}" in table
     assert "packing" in table  # a row, or the line saying this version has no data.packing

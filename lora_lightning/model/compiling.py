@@ -65,6 +65,13 @@ class TrainingCompiled:
         return run(*args, **kwargs)
 
 
+# inductor's options for CPU blocks. Their dropout masks come from a counter-based hash of one seed per
+# call (model.counter_dropout); with fallback_random that seed is one aten draw whose result the
+# kernels read, where inductor would recompute its own draw in every vector of a kernel (1.5 instead
+# of 7.9 ms of dropout for a 3,072 x 576 LoRA input, forward and backward).
+COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
+
+
 def compile_blocks(model: Any, device_type: str) -> int:
     """Compiles every decoder block of ``model`` in place for training; the number compiled (0 when
     the device lacks what inductor needs). Names, weights and the state dict are unchanged."""
@@ -75,15 +82,10 @@ def compile_blocks(model: Any, device_type: str) -> int:
         )
         return 0
     blocks = decoder_blocks(model, "set model.compile false to train it eager")
-    # On CPU dropout masks come from a counter-based hash of one seed per call (model.counter_dropout);
-    # with fallback_random the seed is one aten draw whose result the kernels read, where inductor
-    # would otherwise recompute its own draw in every vector of the kernel (1.5 instead of 7.7 ms
-    # of dropout for a 3,072 x 576 LoRA input, forward and backward).
-    options = {"fallback_random": True} if device_type == "cpu" else None
     for block in blocks:
         if device_type == "cpu":
             use_counter_dropout(block)
         if not isinstance(block.forward, TrainingCompiled):
-            block.forward = TrainingCompiled(block, options)
+            block.forward = TrainingCompiled(block, COMPILE_OPTIONS if device_type == "cpu" else None)
     rank_zero_info(f"model.compile: {len(blocks)} decoder blocks compiled for training steps (the first step compiles)")
     return len(blocks)
