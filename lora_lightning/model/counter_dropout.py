@@ -46,9 +46,11 @@ def splitmix64(counter: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     return z ^ _logical_shift_right(z, 31)
 
 
-def keep_mask(like: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
-    """A bool tensor shaped like ``like``: True with probability ``1 - p``, element by element."""
-    counter = torch.arange(like.numel(), dtype=torch.int64, device=like.device).view(like.shape)
+def keep_mask(like: torch.Tensor, p: float, seed: torch.Tensor, counter: torch.Tensor | None = None) -> torch.Tensor:
+    """A bool tensor shaped like ``like``: True with probability ``1 - p``, element by element.
+    ``counter`` is each element's index (computed when not given)."""
+    if counter is None:
+        counter = torch.arange(like.numel(), dtype=torch.int64, device=like.device).view(like.shape)
     uniform = _logical_shift_right(splitmix64(counter, seed), 64 - _BITS)  # in [0, 2^24)
     return uniform >= round(p * (1 << _BITS))
 
@@ -59,8 +61,7 @@ def _mask_again(like: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tenso
     partitioner keeps the forward's bool mask for backward (1 byte per element, and inductor's CPU
     store of a bool mask is slow: about 120 M elements/s against 800 M/s for the hash itself)."""
     counter = torch.arange(1, like.numel() + 1, dtype=torch.int64, device=like.device).view(like.shape) - 1
-    uniform = _logical_shift_right(splitmix64(counter, seed), 64 - _BITS)
-    return uniform >= round(p * (1 << _BITS))
+    return keep_mask(like, p, seed, counter)
 
 
 class _Dropout(torch.autograd.Function):
