@@ -100,6 +100,23 @@ def build_model(arch: str, vocab_size: int, eos_id: int):
     return AutoModelForCausalLM.from_config(config)
 
 
+@pytest.fixture
+def dynamo_on():
+    """Dynamo back on for one test (conftest turns it off for the suite), from a clean state; yields
+    dynamo's counters."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(disable=False):
+        yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
+def captured(counters) -> int:
+    """Frames and graphs dynamo has captured so far (to check it really ran, or did not)."""
+    return sum(counters["stats"].values()) + sum(counters["frames"].values())
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer()

@@ -8,7 +8,7 @@ GPT-NeoX and Llama; evaluation and generation stay eager; the CLI's default conf
 
 import pytest
 import torch
-from conftest import ARCHS, REPO, run_cli
+from conftest import ARCHS, REPO, captured, run_cli
 from safetensors.torch import load_file
 from test_packing import lora_module, loss_and_grads
 
@@ -16,20 +16,6 @@ from lora_lightning.data.tokenization import PackingCollator
 from lora_lightning.model import compiling
 from lora_lightning.model.blocks import decoder_blocks
 from lora_lightning.model.compiling import TrainingCompiled, compile_blocks
-
-
-@pytest.fixture
-def dynamo_on():
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(disable=False):
-        yield torch._dynamo.utils.counters
-    torch._dynamo.reset()
-
-
-def captured(counters) -> int:
-    return sum(counters["stats"].values()) + sum(counters["frames"].values())
 
 
 @pytest.mark.parametrize("arch", ARCHS)

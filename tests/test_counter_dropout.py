@@ -59,16 +59,6 @@ def test_masks_drop_p_independently(p):
     assert (per_column - p).abs().max().item() < 6 * (p * (1 - p) / shape[0]) ** 0.5
 
 
-@pytest.fixture
-def dynamo_on():
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(disable=False):
-        yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("dynamic", [False, True])  # compiled blocks use dynamic shapes
 def test_compiled_forward_and_backward_share_one_mask(dynamic, dynamo_on):
     p = 0.25

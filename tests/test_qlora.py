@@ -7,7 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_fit_args
+from conftest import ARCHS, REPO, captured, run_cli, tiny_fit_args
+from safetensors.torch import load_file
+from test_packing import loss_and_grads
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
@@ -65,8 +67,6 @@ def test_the_base_linear_layers_are_really_4bit(tiny_models, arch):
 def test_a_quantization_the_run_cannot_have_is_one_line(monkeypatch, tiny_models, tmp_path):
     with pytest.raises(UserInputError, match=r"needs LoRA"):
         check_quantization("nf4", lora=False)
-    with pytest.raises(UserInputError, match=r"set --model.compile false \(configs/qlora.yaml does\)$"):
-        check_quantization("nf4", lora=True, compile=True)
     with pytest.raises(UserInputError, match=r"one of nf4, fp4, int8 or null"):
         check_quantization("nf3", lora=True)
     monkeypatch.delitem(sys.modules, "bitsandbytes")
@@ -88,6 +88,59 @@ def test_a_quantization_the_run_cannot_have_is_one_line(monkeypatch, tiny_models
     )
     assert done.returncode == 2 and not (tmp_path / "run").exists()
     assert done.stderr.strip().splitlines()[-1].startswith("lora-lightning: error: model.quantization nf4 needs LoRA")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_compiled_block_over_a_4bit_base_equals_the_eager_block(arch, tiny_models, examples, dynamo_on):
+    """bitsandbytes' 4-bit matmuls are torch operators dynamo traces (no graph break): a compiled
+    training step over an NF4 base gives the eager step's loss and LoRA gradients. (The old code
+    refused model.compile with a quantized base.)"""
+    from lora_lightning.data.tokenization import PackingCollator
+    from lora_lightning.model.compiling import compile_blocks
+
+    rows, pad = examples
+    batches = [PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])]
+    torch.manual_seed(0)
+    module = LoRAModule(model_name=str(tiny_models[arch]), quantization="nf4", lora_r=4, lora_dropout=0.0)
+    module.model = build_model(module.settings, None, "32-true").model  # 4-bit weights, float32 compute
+    with torch.no_grad():  # B starts at 0; random B gives every LoRA matrix a gradient
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    for m in module.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # training mode (what compiles), the same computation both ways
+    module.model.train()
+    eager = [loss_and_grads(module, b) for b in batches]
+
+    assert compile_blocks(module.model, "cpu") == 2
+    before = captured(dynamo_on)
+    compiled = [loss_and_grads(module, b) for b in batches]
+    assert captured(dynamo_on) > before and not dynamo_on["graph_break"]  # traced whole, 4-bit matmuls included
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in module.model.modules()) > 0
+    for (sums, counts, grads), (csums, ccounts, cgrads) in zip(eager, compiled):
+        assert torch.equal(counts, ccounts)
+        torch.testing.assert_close(csums, sums, rtol=1e-4, atol=1e-4)
+        assert grads.keys() == cgrads.keys() and any("lora_A" in n for n in grads)
+        for name in grads:
+            torch.testing.assert_close(cgrads[name], grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_the_qlora_overlay_fit_runs_compiled(tiny_models, tmp_path, monkeypatch):
+    """``fit --config configs/default.yaml --config configs/qlora.yaml`` as a user runs it, compiling
+    on: the blocks over the 4-bit base compile, train, and the adapter exports."""
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE")
+    root = tmp_path / "run"
+    keys = {"trainer.max_epochs": 1, "data.batch_size": 4, "data.max_examples_per_task": 8}
+    done = run_cli(
+        *tiny_fit_args(tiny_models["llama"], root, keys, overlays=("qlora.yaml",)),
+        fresh=True,  # dynamo reads TORCH_COMPILE_DISABLE at import
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "base linear layers in nf4" in out and "model.compile: 2 decoder blocks compiled for training" in out
+    weights = load_file(root / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # the compiled steps trained it
 
 
 def test_bitsandbytes_is_imported_without_fetching_hub_kernels():

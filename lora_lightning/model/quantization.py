@@ -17,6 +17,11 @@ the input embeddings' output requires grad (reentrant checkpointing needs it; th
 checkpointing this project uses does no harm with it). Its float32 copy of every non-quantized
 weight only costs memory (measured in docs/performance.md), so it is left out.
 
+``model.compile`` works over a quantized base: bitsandbytes (>= 0.50) registers its matmuls as torch
+operators with shape functions, so dynamo traces a block through them without a graph break, and
+inductor fuses the rest of the block as over a bfloat16 base (the compiled block's loss and LoRA
+gradients equal the eager block's: tests/test_qlora.py).
+
 bitsandbytes is an optional extra (``pip install 'lora-lightning[qlora]'``; ``make install``
 installs it). Its layers run on CUDA and on CPU (bitsandbytes >= 0.50). Nothing is downloaded at
 run time: bitsandbytes is imported so that it cannot fetch Hub kernels
@@ -40,7 +45,7 @@ class QuantizationError(UserInputError):
     """A quantized base that cannot be built as asked; the message says what to do."""
 
 
-def check_quantization(kind: str | None, lora: bool, compile: bool = False) -> None:
+def check_quantization(kind: str | None, lora: bool) -> None:
     """One line and stop for a quantization this run cannot have, before anything loads."""
     if kind is None:
         return
@@ -50,11 +55,6 @@ def check_quantization(kind: str | None, lora: bool, compile: bool = False) -> N
         raise QuantizationError(
             f"model.quantization {kind} needs LoRA (model.lora true or model.adapter): a quantized weight "
             "cannot be trained, and full fine-tuning trains every weight"
-        )
-    if compile:
-        raise QuantizationError(
-            f"model.compile does not work with model.quantization {kind} (torch.compile fails in the backward "
-            "of bitsandbytes' layers); set --model.compile false (configs/qlora.yaml does)"
         )
     try:
         import_bitsandbytes()

@@ -91,7 +91,7 @@ class ModelSettings:
             base_cache_dir=hp["base_cache_dir"],
         )
         check_loraplus_ratio(hp.get("loraplus_lr_ratio"), settings.trains_adapter and peft_config is None)
-        check_quantization(settings.quantization, settings.trains_adapter, hp.get("compile", False))
+        check_quantization(settings.quantization, settings.trains_adapter)
         check_neftune_alpha(settings.neftune_noise_alpha)
         if hp["learning_rate"] <= 0 or not 0.0 <= hp["warmup_ratio"] < 1.0:
             raise UserInputError(
