@@ -143,6 +143,36 @@ def test_the_qlora_overlay_fit_runs_compiled(tiny_models, tmp_path, monkeypatch)
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # the compiled steps trained it
 
 
+def mapped_ranges(path) -> list[tuple[int, int]]:
+    """The address ranges where this process maps ``path`` (Linux's /proc/self/maps)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].strip() == str(path):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_quantized_base_lets_go_of_its_checkpoint_file(tiny_models, tmp_path):
+    """transformers leaves the weights it does not quantize as views of the checkpoint's memory map, which
+    kept every page of the full-precision file resident beside the 4-bit copy (1.5 GB for a GPT-2 large
+    shaped base). After loading, no weight points into the file and the file is no longer mapped."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "bf16"  # a checkpoint in the dtype it loads in: its weights are not converted (copied)
+    AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.bfloat16).save_pretrained(folder)
+    checkpoint = (folder / "model.safetensors").resolve()
+    module = LoRAModule(model_name=str(folder), quantization="nf4", lora_r=4)
+    model = build_model(module.settings, None, "bf16-mixed").model
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    ranges = mapped_ranges(checkpoint)
+    inside = [n for n, p in model.named_parameters() if any(a <= p.data_ptr() < b for a, b in ranges)]
+    assert inside == [] and ranges == []
+
+
 def test_bitsandbytes_is_imported_without_fetching_hub_kernels():
     """bitsandbytes' import on an AVX-512 BF16 CPU asks the ``kernels`` package for a Hub kernel; a
     ``kernels`` that is installed is not asked when lora_lightning (and so peft) is imported."""
