@@ -19,9 +19,11 @@ from lora_lightning.model.building import build_model
 from lora_lightning.model.packing import check_packing
 
 
-def lora_module(folder, attn="sdpa", completion_only_head=True):
+def lora_module(folder, attn="sdpa", completion_only_head=True, **keys):
     torch.manual_seed(0)
-    module = LoRAModule(model_name=str(folder), lora_r=4, lora_dropout=0.0, completion_only_head=completion_only_head)
+    module = LoRAModule(
+        model_name=str(folder), lora_r=4, lora_dropout=0.0, completion_only_head=completion_only_head, **keys
+    )
     module.model = build_model(module.settings, None).model  # float32, as under 32-true
     module.model.get_base_model().set_attn_implementation(attn)
     module.model.eval()  # no dropout (GPT-2's): the same computation twice, gradients still flow

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ARCHS, REPO, captured, run_cli, tiny_fit_args
+from conftest import ARCHS, REPO, run_cli, tiny_fit_args
 from safetensors.torch import load_file
-from test_packing import loss_and_grads
+from test_compile import assert_compiled_step_equals_eager, two_packed_batches
+from test_packing import lora_module
 
 from lora_lightning.errors import UserInputError
 from lora_lightning.model import LoRAModule
@@ -95,35 +96,10 @@ def test_a_compiled_block_over_a_4bit_base_equals_the_eager_block(arch, tiny_mod
     """bitsandbytes' 4-bit matmuls are torch operators dynamo traces (no graph break): a compiled
     training step over an NF4 base gives the eager step's loss and LoRA gradients. (The old code
     refused model.compile with a quantized base.)"""
-    from lora_lightning.data.tokenization import PackingCollator
-    from lora_lightning.model.compiling import compile_blocks
-
-    rows, pad = examples
-    batches = [PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])]
-    torch.manual_seed(0)
-    module = LoRAModule(model_name=str(tiny_models[arch]), quantization="nf4", lora_r=4, lora_dropout=0.0)
-    module.model = build_model(module.settings, None, "32-true").model  # 4-bit weights, float32 compute
-    with torch.no_grad():  # B starts at 0; random B gives every LoRA matrix a gradient
-        for name, p in module.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    for m in module.model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0  # training mode (what compiles), the same computation both ways
-    module.model.train()
-    eager = [loss_and_grads(module, b) for b in batches]
-
-    assert compile_blocks(module.model, "cpu") == 2
-    before = captured(dynamo_on)
-    compiled = [loss_and_grads(module, b) for b in batches]
-    assert captured(dynamo_on) > before and not dynamo_on["graph_break"]  # traced whole, 4-bit matmuls included
+    module = lora_module(tiny_models[arch], quantization="nf4")  # 4-bit weights, float32 compute
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in module.model.modules()) > 0
-    for (sums, counts, grads), (csums, ccounts, cgrads) in zip(eager, compiled):
-        assert torch.equal(counts, ccounts)
-        torch.testing.assert_close(csums, sums, rtol=1e-4, atol=1e-4)
-        assert grads.keys() == cgrads.keys() and any("lora_A" in n for n in grads)
-        for name in grads:
-            torch.testing.assert_close(cgrads[name], grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert_compiled_step_equals_eager(module, two_packed_batches(examples), dynamo_on, 1e-4, (1e-3, 1e-5))
+    assert not dynamo_on["graph_break"]  # traced whole, the 4-bit matmuls included
 
 
 def test_the_qlora_overlay_fit_runs_compiled(tiny_models, tmp_path, monkeypatch):
