@@ -113,9 +113,9 @@ def prepare_quantized(model: Any, gradient_checkpointing: bool) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def release_checkpoint_pages(model: Any) -> int:
+def release_checkpoint_pages(model: Any) -> None:
     """Copies the CPU weights bitsandbytes left unquantized (embeddings, norms, head) into memory of
-    their own; the bytes copied.
+    their own.
 
     transformers reads a checkpoint through a memory map and leaves the weights it does not convert
     as views of that map, so the map outlives loading, and with it every page of the file the
@@ -124,13 +124,10 @@ def release_checkpoint_pages(model: Any) -> int:
     a QLoRA run's peak RSS on CPU no lower than a bfloat16 run's (docs/performance.md). Copying the
     few unquantized weights (about a fifth of the bytes) drops the last views, and the map with them.
     Weights already on a GPU are not views of the file and are left alone."""
-    copied = 0
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:  # each shared (tied) weight once
             if t.device.type == "cpu" and not is_quantized_weight(t):
                 t.data = t.data.clone()
-                copied += tensor_bytes(t)
-    return copied
 
 
 def quantized_summary(model: Any) -> tuple[int, int]:
