@@ -65,3 +65,17 @@ def test_an_unwritable_cache_still_gives_the_peak(tmp_path, monkeypatch):
     blocker.write_text("")
     value, where = flops.cpu_peak_flops(torch.float32, blocker / "peak_flops.json")
     assert value == 2e11 and "not cached" in where
+
+
+def test_a_peak_is_kept_per_cpu_instruction_set_not_only_per_model_name():
+    """One cloud model name comes with and without AMX; a peak measured on one must not serve the other."""
+    from lora_lightning.model import flops
+
+    common = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 fma avx512f avx512_bf16"
+    with_amx = flops.machine_key(torch.bfloat16, common + " amx_bf16 amx_tile\n")
+    without = flops.machine_key(torch.bfloat16, common + "\n")
+    assert with_amx != without
+    assert "Intel(R) Xeon(R) Processor (amx_bf16+amx_tile+avx512_bf16+avx512f+avx2+fma)" in with_amx
+    assert "Intel(R) Xeon(R) Processor (avx512_bf16+avx512f+avx2+fma)" in without
+    arm = flops.machine_key(torch.float32, "processor\t: 0\nFeatures\t: fp asimd sve\n")
+    assert "(asimd+sve)" in arm and "float32" in arm

@@ -12,10 +12,10 @@ Counted per batch, from the batch itself (real tokens, not padding):
   (LoRA matrices; every weight in full fine-tuning).
 
 The peak is the GPU's datasheet figure (Lightning's table) or, on a CPU, a dense GEMM in the training
-dtype: a measured, not a nominal, ceiling. A CPU's is measured once per machine (CPU model, torch
-threads, torch version, dtype), as the best of several trials so that a busy moment does not lower it,
-and cached with its date (:func:`cpu_peak_flops`): every later run divides by the same figure, so MFU is
-comparable from run to run.
+dtype: a measured, not a nominal, ceiling. A CPU's is measured once per machine (CPU model and matmul
+instruction sets, torch threads, torch version, dtype), as the best of several trials so that a busy
+moment does not lower it, and cached with its date (:func:`cpu_peak_flops`): every later run divides
+by the same figure, so MFU is comparable from run to run.
 """
 
 from __future__ import annotations
@@ -98,15 +98,26 @@ def peak_cache_file() -> Path:
     return Path(os.environ.get("LORA_LIGHTNING_CACHE") or home_cache / "lora_lightning") / "peak_flops.json"
 
 
-def machine_key(dtype: torch.dtype) -> str:
-    """What a measured peak belongs to: the CPU model, the threads torch uses, torch's version, the dtype."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    except OSError:
-        pass
-    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__} | {str(dtype).split('.')[-1]}"
+MATMUL_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f", "avx2", "fma", "asimd", "sve")
+"""CPU flags that change a dense GEMM's speed: a cloud "Intel(R) Xeon(R) Processor" comes with and
+without AMX under one model name (2.2 against 0.4 TFLOP/s in bfloat16 here), so a peak is kept per set."""
+
+
+def machine_key(dtype: torch.dtype, cpuinfo: str | None = None) -> str:
+    """What a measured peak belongs to: the CPU model and its matmul instruction sets
+    (:data:`MATMUL_FEATURES`), the threads torch uses, torch's version, the dtype."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    lines = cpuinfo.splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name") and ":" in line]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), [])
+    features = "+".join(f for f in MATMUL_FEATURES if f in flags) or "no known matmul flags"
+    dtype_name = str(dtype).split(".")[-1]
+    return f"{cpu} ({features}) | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype_name}"
 
 
 def cpu_peak_flops(dtype: torch.dtype, cache: Path | None = None, trials: int = PEAK_TRIALS) -> tuple[float, str]:
