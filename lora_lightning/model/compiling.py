@@ -17,6 +17,10 @@ first block alone would trace and compile a second graph (SmolLM2-135M, 2-core C
 Why dropout changes on CPU: inductor draws a CPU dropout mask one Philox engine per element, which
 made LoRA dropout half of an all-linear step; compiled blocks draw it with a counter-based hash
 instead, the same distribution (model.counter_dropout).
+Why a memory budget (``model.compile_memory_budget``): inductor's partitioner, by default, saves for
+backward what is fastest, not what is smallest; below 1 it solves a knapsack for the least
+recomputation that keeps the saved activations under that share (torch's
+``activation_memory_budget``), a trade of tokens/s for peak memory the user picks.
 Why training only: validation, test and generation run under ``no_grad`` in eval mode, generation
 with shapes that change every token, so a compiled graph there would recompile for little gain; a
 block in eval mode, or with gradients off, runs its eager ``forward``.
@@ -30,8 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch._functorch.config as functorch_config
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lora_lightning.errors import UserInputError
 from lora_lightning.model.blocks import decoder_blocks
 from lora_lightning.model.counter_dropout import use_counter_dropout
 
@@ -51,12 +57,15 @@ class TrainingCompiled:
     """A block's ``forward``: compiled while the block trains with gradients on and its input carries
     gradients, eager otherwise."""
 
-    def __init__(self, block: torch.nn.Module, options: dict[str, Any] | None = None):
+    def __init__(self, block: torch.nn.Module, options: dict[str, Any] | None = None, memory_budget: float = 1.0):
         self.block, self.eager = block, block.forward
         # floats (scales, dropout rates) are constants: traced as inputs they make dynamo restart
         # its analysis once (about 9 s of the first step), so specialize them
         compiled = torch.compile(self.eager, dynamic=True, options=options)
-        self.compiled = torch._dynamo.config.patch(specialize_float=True)(compiled)
+        compiled = torch._dynamo.config.patch(specialize_float=True)(compiled)
+        # the partitioner reads these when the first call compiles (and a recompile, later)
+        partitioner = {**PARTITIONER_OPTIONS, "activation_memory_budget": memory_budget}
+        self.compiled = functorch_config.patch(partitioner)(compiled)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs.get("hidden_states")
@@ -72,9 +81,26 @@ class TrainingCompiled:
 COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 
 
-def compile_blocks(model: Any, device_type: str) -> int:
+# The partitioner's: ``ban_recompute_materialized_backward`` off lets it recompute in backward a cheap
+# value that backward must write out anyway (a grouped-query attention's keys and values repeated per
+# head, from the unrepeated ones): the default partition of a SmolLM2-135M block then saves 2,169
+# instead of 2,324 MB per bench step (batch 5 x 384) at the same tokens/s (docs/performance.md).
+PARTITIONER_OPTIONS: dict[str, Any] = {"ban_recompute_materialized_backward": False}
+
+
+def check_memory_budget(budget: float) -> None:
+    """``model.compile_memory_budget`` is a share of the activations: in (0, 1]."""
+    if not 0.0 < budget <= 1.0:
+        raise UserInputError(
+            f"model.compile_memory_budget must be in (0, 1] (the share of a compiled block's activations kept "
+            f"for backward; 1 keeps what is fastest), not {budget}"
+        )
+
+
+def compile_blocks(model: Any, device_type: str, memory_budget: float = 1.0) -> int:
     """Compiles every decoder block of ``model`` in place for training; the number compiled (0 when
-    the device lacks what inductor needs). Names, weights and the state dict are unchanged."""
+    the device lacks what inductor needs). Names, weights and the state dict are unchanged.
+    ``memory_budget``: the share of each block's activations kept for backward (:func:`check_memory_budget`)."""
     if device_type == "cpu" and not has_cpp_compiler():
         rank_zero_warn(
             "model.compile: no C++ compiler found (install g++ or clang++, or set CXX), which torch.compile "
@@ -86,6 +112,7 @@ def compile_blocks(model: Any, device_type: str) -> int:
         if device_type == "cpu":
             use_counter_dropout(block)
         if not isinstance(block.forward, TrainingCompiled):
-            block.forward = TrainingCompiled(block, COMPILE_OPTIONS if device_type == "cpu" else None)
+            options = COMPILE_OPTIONS if device_type == "cpu" else None
+            block.forward = TrainingCompiled(block, options, memory_budget)
     rank_zero_info(f"model.compile: {len(blocks)} decoder blocks compiled for training steps (the first step compiles)")
     return len(blocks)

@@ -70,6 +70,10 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         gradient_checkpointing: Recompute activations in backward (non-reentrant) to save memory.
         compile: ``torch.compile`` each decoder block for ``fit``'s training steps: much less activation
             memory, after under a minute of compiling. On in ``configs/default.yaml``.
+        compile_memory_budget: With ``compile``: the share of each compiled block's activations kept
+            for backward, in (0, 1]; below 1 the rest is recomputed in backward, the cheapest first
+            (torch's ``activation_memory_budget``): less peak memory for fewer tokens/s
+            (docs/performance.md). 1 keeps what is fastest.
         completion_only_head: Apply the LM head only at completion positions (same loss, much less work).
         quantization: QLoRA: the frozen base's linear layers in ``nf4`` (with double quantization),
             ``fp4`` or ``int8`` (the ``[qlora]`` extra); the adapter stays float32. ``configs/qlora.yaml``.
@@ -110,6 +114,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         neftune_noise_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        compile_memory_budget: float = 1.0,
         completion_only_head: bool = True,
         quantization: Literal["nf4", "fp4", "int8"] | None = None,
         base_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
@@ -147,7 +152,8 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         if sharded and self.trainer.state.fn == TrainerFn.FITTING:
             self.token_losses = shard_model(self.model, self.device_mesh["data_parallel"])  # FSDP2: model.sharding
         if self.hparams.compile and self.trainer.state.fn == TrainerFn.FITTING:
-            compile_blocks(self.model, self.trainer.strategy.root_device.type)  # training steps: model.compiling
+            device_type = self.trainer.strategy.root_device.type
+            compile_blocks(self.model, device_type, self.hparams.compile_memory_budget)  # model.compiling
 
     def to(self, *args: Any, **kwargs: Any) -> LoRAModule:
         """``nn.Module.to``, then the adapter back in float32: ``bf16-true``/``16-true`` cast the whole module

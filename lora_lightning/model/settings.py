@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_lightning.errors import UserInputError
+from lora_lightning.model.compiling import check_memory_budget
 from lora_lightning.model.lora import check_lora_settings
 from lora_lightning.model.neftune import check_neftune_alpha
 from lora_lightning.model.optim import check_loraplus_ratio
@@ -93,6 +94,7 @@ class ModelSettings:
         check_loraplus_ratio(hp.get("loraplus_lr_ratio"), settings.trains_adapter and peft_config is None)
         check_quantization(settings.quantization, settings.trains_adapter)
         check_neftune_alpha(settings.neftune_noise_alpha)
+        check_memory_budget(hp.get("compile_memory_budget", 1.0))
         if hp["learning_rate"] <= 0 or not 0.0 <= hp["warmup_ratio"] < 1.0:
             raise UserInputError(
                 f"need model.learning_rate > 0, warmup_ratio in [0,1): {hp['learning_rate']}, {hp['warmup_ratio']}"
