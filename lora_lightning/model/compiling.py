@@ -83,8 +83,8 @@ COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 
 # The partitioner's: ``ban_recompute_materialized_backward`` off lets it recompute in backward a cheap
 # value that backward must write out anyway (a grouped-query attention's keys and values repeated per
-# head, from the unrepeated ones): the default partition of a SmolLM2-135M block then saves 2,169
-# instead of 2,324 MB per bench step (batch 5 x 384) at the same tokens/s (docs/performance.md).
+# head, from the unrepeated ones): on the bench workload (SmolLM2-135M) malloc's peak is then 2,169
+# instead of 2,324 MB and peak RSS about 250 MB lower, at the same tokens/s (docs/performance.md).
 PARTITIONER_OPTIONS: dict[str, Any] = {"ban_recompute_materialized_backward": False}
 
 
