@@ -99,7 +99,7 @@ class BenchClock(Callback):
         sync(pl_module.device.type)
         self.batches = [{k: v.cpu() for k, v in b.items() if hasattr(v, "cpu")} for b in self.batches]
         hp = pl_module.hparams
-        peft_config = pl_module.model.peft_config["default"]
+        peft_config = getattr(pl_module.model, "peft_config", {}).get("default")  # None: full fine-tuning
         record = {
             "starts": self.starts,
             "losses": self.losses,
@@ -119,14 +119,16 @@ class BenchClock(Callback):
             "weight_decay": hp.weight_decay,
             "warmup_steps": int(round(hp.warmup_ratio * trainer.estimated_stepping_batches)),
             "lr_schedule": hp.lr_schedule,
-            "lora": {
+            "lora": None
+            if peft_config is None
+            else {
                 "r": peft_config.r,
                 "lora_alpha": peft_config.lora_alpha,
                 "lora_dropout": peft_config.lora_dropout,
                 "target_modules": sorted(peft_config.target_modules),
                 "fan_in_fan_out": peft_config.fan_in_fan_out,
             },
-            "base_dtype": str(next(p.dtype for p in pl_module.model.parameters() if not p.requires_grad)),
+            "base_dtype": str(next(p.dtype for p in pl_module.model.parameters())),
             "base_bytes": base_bytes(pl_module.model),
             "quantization": hp.get("quantization"),
         }
@@ -507,6 +509,10 @@ def variant_options() -> list[tuple[str, list[str]]]:
         ("dropout masks from inductor's RNG (before counter_dropout)", ["--torch-dropout"]),
         ("LoRA dropout 0", ["--model.lora_dropout", "0.0"]),
         ("LoRA on attention only (target_modules auto: q,v on Llama)", ["--model.target_modules", "auto"]),
+        (
+            "full fine-tuning (model.lora false, lr 1e-4 as make quality picked it)",
+            ["--model.lora", "false", "--model.learning_rate", "1e-4"],
+        ),
         ("full-logits head", ["--model.completion_only_head", "false"]),
         ("gradient checkpointing", ["--model.gradient_checkpointing", "true"]),
     ]
@@ -529,6 +535,8 @@ def variant_options() -> list[tuple[str, list[str]]]:
 def variants(args) -> str:
     """This project's options, one at a time against the default, alternating over ``--rounds`` rounds."""
     options = variant_options()
+    if args.only:
+        options = [options[0]] + [o for o in options[1:] if any(word in o[0] for word in args.only)]
     results: dict[str, list[dict]] = {name: [] for name, _ in options}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -586,6 +594,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="1 warm-up + 1 timed step, 1 round: the harness runs")
     parser.add_argument("--output", default=str(REPO / "checkpoints" / "bench" / "bench.md"))
     parser.add_argument("--variants", action="store_true", help="this project's options, each alone")
+    parser.add_argument(
+        "--only", nargs="+", metavar="TEXT", help="with --variants: the default and the options whose name holds TEXT"
+    )
     parser.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

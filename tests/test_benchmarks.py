@@ -79,11 +79,25 @@ def test_option_variants_run(real_rows, tiny_models, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "variants.md").read_text()
     options = ("default", "fp32 (32-true", "float32 base", "old head", "dropout masks from inductor", "LoRA dropout 0")
-    options += ("LoRA on attention only", "full-logits head", "gradient checkpointing")
-    for option in (*options, "eager (model.compile false)"):
+    options += ("LoRA on attention only", "full fine-tuning (model.lora false", "full-logits head")
+    for option in (*options, "gradient checkpointing", "eager (model.compile false)"):
         assert f"| {option}" in table
     assert "packing" in table  # a row, or the line saying this version has no data.packing
     assert f"from {SHARED_DATA}" in table  # the real rows
+
+
+def test_variants_only_runs_the_default_and_the_named_options(real_rows, tiny_models, tmp_path):
+    out = tmp_path / "bench.md"
+    done = run(
+        "bench.py", "--smoke", "--variants", "--only", "full fine-tuning", "LoRA on attention",
+        "--model", str(tiny_models["gpt2"]), "--output", str(out), compile=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "variants.md").read_text().splitlines()
+    names = [line[2:].split(" | ")[0] for line in lines if line.startswith("| ") and not line.startswith("| ---")]
+    assert [name.split(" (")[0].split(":")[0] for name in names[1:]] == [
+        "default", "LoRA on attention only", "full fine-tuning"
+    ]  # fmt: skip
 
 
 def test_data_scale_bench_prepares_trains_and_reads_its_cache(tiny_models, tmp_path):
