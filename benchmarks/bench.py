@@ -534,9 +534,8 @@ def variant_options() -> list[tuple[str, list[str]]]:
 
 def variants(args) -> str:
     """This project's options, one at a time against the default, alternating over ``--rounds`` rounds."""
-    options = variant_options()
-    if args.only:
-        options = [options[0]] + [o for o in options[1:] if any(word in o[0] for word in args.only)]
+    every_option = variant_options()
+    options = every_option[:1] + [o for o in every_option[1:] if any(word in o[0] for word in args.only or [""])]
     results: dict[str, list[dict]] = {name: [] for name, _ in options}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -573,7 +572,7 @@ def variants(args) -> str:
             f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | "
             f"{statistics.median(r['warmup_seconds'] for r in rs):.1f} | {statistics.mean(timed):.4f} | {gap} |"
         )
-    if not any(name.startswith("packing") for name, _ in options):
+    if not any(name.startswith("packing") for name, _ in every_option):
         lines.append("\n(no packing row: this version has no data.packing)")
     text = "\n".join(lines) + "\n"
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,7 @@ def test_variants_only_runs_the_default_and_the_named_options(real_rows, tiny_mo
     assert [name.split(" (")[0].split(":")[0] for name in names[1:]] == [
         "default", "LoRA on attention only", "full fine-tuning"
     ]  # fmt: skip
+    assert "no packing row" not in "\n".join(lines)  # left out by --only, not missing from this version
 
 
 def test_data_scale_bench_prepares_trains_and_reads_its_cache(tiny_models, tmp_path):
