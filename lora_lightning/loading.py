@@ -130,7 +130,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
 def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "float32", **quantized: Any) -> Any:
     """The model in ``dtype``; ``quantized``: ``quantization_config`` (and ``device_map``) for a
-    bitsandbytes base (lora_lightning.model.quantization)."""
+    bitsandbytes base (lora_lightning.model.quantization), and any other ``from_pretrained`` keyword
+    (``attn_implementation``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -138,7 +139,7 @@ def load_causal_lm(path: str, trust_remote_code: bool = False, dtype: str = "flo
         return AutoModelForCausalLM.from_pretrained(
             path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **quantized
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:  # ImportError: an attention kernel not installed
         raise load_error("model", path, err) from None
 
 

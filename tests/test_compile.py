@@ -8,7 +8,7 @@ GPT-NeoX and Llama; evaluation and generation stay eager; the CLI's default conf
 
 import pytest
 import torch
-from conftest import ARCHS, REPO, captured, run_cli
+from conftest import ARCHS, REPO, captured, run_cli, tiny_fit_args
 from safetensors.torch import load_file
 from test_packing import lora_module, loss_and_grads
 
@@ -16,6 +16,7 @@ from lora_lightning import LoRAModule
 from lora_lightning.data.tokenization import PackingCollator
 from lora_lightning.model import compiling
 from lora_lightning.model.blocks import decoder_blocks
+from lora_lightning.model.building import build_model
 from lora_lightning.model.compiling import TrainingCompiled, compile_blocks
 
 
@@ -190,3 +191,34 @@ def test_a_memory_budget_outside_zero_to_one_is_one_line(tiny_models):
     for budget in (0.0, 1.5, -1.0):
         with pytest.raises(UserInputError, match=r"model.compile_memory_budget must be in \(0, 1\]"):
             LoRAModule(model_name=str(tiny_models["llama"]), compile_memory_budget=budget)
+
+
+def test_compiled_step_with_eager_attention_equals_eager(tiny_models, examples, dynamo_on):
+    """``model.attn_implementation eager``: transformers' plain attention (matmuls, mask, softmax) inside
+    the compiled blocks, fused by inductor, gives the eager step's losses and gradients over packed rows."""
+    module = lora_module(tiny_models["llama"], attn="eager")
+    assert_compiled_step_equals_eager(module, two_packed_batches(examples), dynamo_on)
+
+
+@pytest.mark.parametrize("attn", ["eager", None])
+def test_attn_implementation_is_the_models(tiny_models, attn):
+    module = LoRAModule(model_name=str(tiny_models["llama"]), attn_implementation=attn)
+    model = build_model(module.settings, None).model
+    assert model.get_base_model().config._attn_implementation == (attn or "sdpa")  # null: transformers' default
+
+
+@pytest.mark.parametrize(
+    ("attn", "named"),
+    [
+        ("no_such_kernel", "no_such_kernel"),  # transformers' own refusal, in one line
+        ("flash_attention_2", "FlashAttention2"),  # a kernel package not installed (an ImportError)
+        ("flex_attention", "flex_attention cannot train on cpu"),  # torch 2.13 has no CPU backward for it
+    ],
+)
+def test_an_attn_implementation_that_cannot_train_here_is_one_line(tiny_models, tmp_path, attn, named):
+    keys = {"model.attn_implementation": attn, "model.compile": False}
+    out = run_cli(*tiny_fit_args(tiny_models["llama"], tmp_path / "run", keys))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("lora-lightning: ")]
+    assert len(lines) == 1 and named in lines[0], out.stderr[-2000:]
+    assert not (tmp_path / "run" / "adapter").exists()

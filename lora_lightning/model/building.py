@@ -120,11 +120,12 @@ def load_base(
     ``device`` (a CUDA device quantizes as it loads); a base FSDP2 will shard (``sharded``) stores its
     4-bit weights in ``dtype`` too."""
     kind, remote = settings.quantization, settings.trust_remote_code
+    attention = {"attn_implementation": settings.attn_implementation} if settings.attn_implementation else {}
     if not kind:
-        return load_causal_lm(base_path, remote, dtype=dtype)
+        return load_causal_lm(base_path, remote, dtype=dtype, **attention)
     config = quantization_config(kind, precision, getattr(torch, dtype) if sharded else None)
     on_device = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
-    model = load_causal_lm(base_path, remote, dtype, quantization_config=config, **on_device)
+    model = load_causal_lm(base_path, remote, dtype, quantization_config=config, **on_device, **attention)
     prepare_quantized(model, settings.gradient_checkpointing)
     return model
 

@@ -20,6 +20,7 @@ from lora_lightning.data.eval_examples import EvalExample
 from lora_lightning.data.handoff import DataHandoff
 from lora_lightning.data.tokenization import Batch
 from lora_lightning.loading import DEFAULT_BASE_CACHE, EMBEDDED_MODEL
+from lora_lightning.model.attention import check_attention_trains
 from lora_lightning.model.building import adapters_to_float32, build_model
 from lora_lightning.model.checkpointing import TrainableCheckpointing
 from lora_lightning.model.compiling import compile_blocks
@@ -80,6 +81,11 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         base_dtype: dtype of the frozen base with an adapter; ``auto``: bfloat16 under ``bf16-*``,
             float16 under ``16-*``, else float32. The adapter and its optimizer state stay float32.
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
+        attn_implementation: The attention kernel transformers runs: ``sdpa`` (its default),
+            ``eager`` (plain matmuls and softmax, which compiled blocks fuse: faster than ``sdpa`` on
+            some CPUs at short rows, for more memory; docs/performance.md), or on GPUs
+            ``flash_attention_2`` / ``flex_attention``, which skip the other examples of a packed row.
+            null: the model's default. Packed rows are checked to stay apart whatever the kernel.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
         nonfinite: What a non-finite loss or gradient does: ``stop`` the run with a message naming
             the step (the last good checkpoint stays as it was), or ``skip`` that update.
@@ -119,6 +125,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
         quantization: Literal["nf4", "fp4", "int8"] | None = None,
         base_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         base_cache_dir: str = DEFAULT_BASE_CACHE,
         nonfinite: Literal["stop", "skip"] = "stop",
         score_base: bool = True,
@@ -147,6 +154,8 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
             return
         self.connect_data()  # setup() has, unless configure_model is called alone
         device, sharded = self.trainer.strategy.root_device, self.device_mesh is not None
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            check_attention_trains(self.settings.attn_implementation, device)  # before the base loads
         built = build_model(self.settings, self.tokenizer.pad_token_id, self.trainer.precision, device, sharded)
         self.model, self.base_model_path, self.rewritten_base = built.model, built.base_path, built.rewritten
         if sharded and self.trainer.state.fn == TrainerFn.FITTING:

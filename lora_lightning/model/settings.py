@@ -63,6 +63,7 @@ class ModelSettings:
     neftune_noise_alpha: float | None = None
     trust_remote_code: bool = False
     base_cache_dir: str = ".cache"
+    attn_implementation: str | None = None
 
     @property
     def trains_adapter(self) -> bool:
@@ -90,6 +91,7 @@ class ModelSettings:
             **{key: hp[key] for key in ("quantization", "base_dtype", "gradient_checkpointing", "trust_remote_code")},
             neftune_noise_alpha=hp.get("neftune_noise_alpha"),
             base_cache_dir=hp["base_cache_dir"],
+            attn_implementation=hp.get("attn_implementation"),
         )
         check_loraplus_ratio(hp.get("loraplus_lr_ratio"), settings.trains_adapter and peft_config is None)
         check_quantization(settings.quantization, settings.trains_adapter)
