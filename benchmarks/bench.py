@@ -523,6 +523,13 @@ def variant_options() -> list[tuple[str, list[str]]]:
                 ["--model.compile_memory_budget", "0.65"],
             )
         )
+    if "attn_implementation" in inspect.signature(LoRAModule.__init__).parameters:
+        rows.append(
+            (
+                "eager attention: matmuls and softmax fused by the compiled blocks",
+                ["--model.attn_implementation", "eager"],
+            )
+        )
     packing = inspect.signature(FlanDataModule.__init__).parameters.get("packing")
     if packing is not None:
         flip = "false" if packing.default else "true"
