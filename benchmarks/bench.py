@@ -21,7 +21,8 @@ peer, for ``--rounds`` rounds; the first ``--warmup`` steps are not timed (they 
 (real tokens, no padding) min / median / max over the rounds, peak RSS, MFU against a peak measured
 once for the whole benchmark (a dense GEMM in the training dtype on CPU, the datasheet on GPU), and
 both loss curves step by step. The loss check is its own pair of runs that differ in nothing a
-correct implementation may change: LoRA dropout 0 on both sides (no random masks) and float32
+correct implementation may change: every dropout off on both sides (LoRA's and the model's own, as
+GPT-2's: no random masks) and float32
 throughout (``--trainer.precision 32-true`` here, so the peer trains in float32 too): the curves must
 agree within ``LOSS_TOLERANCE`` at every step; the benchmark prints PASS or FAIL. (Under bf16
 autocast they do not agree that closely: AdamW's first updates are about the sign of each gradient
@@ -59,7 +60,7 @@ TASKS = ("bool_q", "common_gen", "xsum")
 LOSS_TOLERANCE = 1e-3
 """Largest per-step difference (nats per completion token) allowed between the two loss curves.
 
-Checked on a pair of runs with LoRA dropout 0 and float32 throughout: both start from the same model
+Checked on a pair of runs with every dropout off and float32 throughout: both start from the same model
 (LoRA B = 0) on the same batches, so what is left is the order of float32 sums (packed rows against
 padded ones, the bounded head's chunks, compiled blocks): 1.3e-5 at most over 13 steps on the bench
 workload (2026-12-03). Under bf16 autocast the same pair differed by 0.045 at step 3 (0.051 with this
@@ -69,14 +70,15 @@ A wrong learning rate, schedule, loss normalisation, clipping or a missed update
 far more than this. The timed rounds keep the configured dropout and precision; their curves are
 shown, not checked."""
 FIRST_STEP_TOLERANCE = 1e-3
-"""The first step (same batch, same model, before any update) may differ by float32 rounding only."""
+"""The check pair's first step (same batch, same model, before any update) may differ by float32 rounding only
+(the timed rounds' may not: a bfloat16 base rounds, and a model's own dropout draws masks even while LoRA B = 0)."""
 
 
 class BenchClock(Callback):
     """Added to this project's run: per-step start times, losses and batch rows, written at the end."""
 
-    def __init__(self, out: str):
-        self.out = out
+    def __init__(self, out: str, no_dropout: bool = False):
+        self.out, self.no_dropout = out, no_dropout
         self.starts: list[float] = []
         self.losses: list[float] = []
         self.batches: list[dict] = []
@@ -84,6 +86,8 @@ class BenchClock(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.init_checksum = lora_checksum(pl_module.model)
+        if self.no_dropout:  # before the first step, so before the compiled blocks trace
+            without_dropout(pl_module.model)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         sync(pl_module.device.type)
@@ -131,6 +135,7 @@ class BenchClock(Callback):
             "base_dtype": str(next(p.dtype for p in pl_module.model.parameters())),
             "base_bytes": base_bytes(pl_module.model),
             "quantization": hp.get("quantization"),
+            "no_dropout": self.no_dropout,
         }
         Path(self.out).write_text(json.dumps(record))
 
@@ -163,6 +168,22 @@ def base_bytes(model) -> int:
 
     frozen = sum(param_bytes(p) for p in model.parameters() if not p.requires_grad)
     return frozen + sum(tensor_bytes(b) for b in model.buffers())
+
+
+def without_dropout(model) -> int:
+    """Every dropout of ``model`` off: LoRA's and the model's own (GPT-2's attention, residual and
+    embedding dropout; an ``attention_dropout`` rate). For the loss check: any random mask left makes
+    the two sides differ from the first step. Returns how many were on."""
+    import torch
+
+    on = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p, on = 0.0, on + 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, on = 0.0, on + 1
+    return on
 
 
 def lora_checksum(model) -> float:
@@ -216,7 +237,10 @@ def run_ours(args) -> dict:
         "0",
         "--trainer.enable_progress_bar",
         "false",
-        "--trainer.callbacks+=" + json.dumps({"class_path": "bench.BenchClock", "init_args": {"out": str(clock)}}),
+        "--trainer.callbacks+="
+        + json.dumps(
+            {"class_path": "bench.BenchClock", "init_args": {"out": str(clock), "no_dropout": args.no_dropout}}
+        ),
         *(["--data.batch_size", str(args.batch_size)] if args.batch_size else []),
         *(["--data.max_length", str(args.max_length)] if args.max_length else []),
         *json.loads(args.overrides),
@@ -266,6 +290,8 @@ def run_theirs(args) -> dict:
     set_seed(spec["seed"])  # as seed_everything before the model is built: the same LoRA initialisation
     model = AutoModelForCausalLM.from_pretrained(spec["base_path"], dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, bias="none", **spec["lora"]))
+    if spec.get("no_dropout"):  # the loss check: as this project's run had it
+        without_dropout(model)
     batch_size = len(spec["rows"][0])
     rows = [row for batch in spec["rows"] for row in batch]
     assert all(len(b) == batch_size for b in spec["rows"][: spec["max_steps"]]), "batches of unequal size"
@@ -325,6 +351,7 @@ def worker(args) -> None:
 
 
 PREVIOUS_PATHS = ("--old-head", "--torch-dropout")  # worker flags that put back a replaced code path
+WORKER_FLAGS = (*PREVIOUS_PATHS, "--no-dropout")  # flags of the worker itself, not of the CLI
 
 
 def run_worker(args, system: str, out: Path, spec: Path | None = None, flags: list[str] | None = None) -> dict:
@@ -334,8 +361,8 @@ def run_worker(args, system: str, out: Path, spec: Path | None = None, flags: li
     cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     cmd += ["--max-length", str(args.max_length)] if args.max_length else []
     cmd += ["--spec", str(spec)] if spec else []
-    cmd += [f"--overrides={json.dumps([f for f in flags or [] if f not in PREVIOUS_PATHS])}"]
-    cmd += [f for f in flags or [] if f in PREVIOUS_PATHS]
+    cmd += [f"--overrides={json.dumps([f for f in flags or [] if f not in WORKER_FLAGS])}"]
+    cmd += [f for f in flags or [] if f in WORKER_FLAGS]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
@@ -394,14 +421,14 @@ def curve_gap(a: list[float], b: list[float]) -> float:
 
 
 def loss_check_pair(args, work: Path, first_round: tuple[dict, dict]) -> tuple[dict, dict]:
-    """The loss check's runs: this project and the peer with LoRA dropout 0 and float32 throughout (the
-    peer takes its precision from this project's run), on the timed rounds' batches (the same seed),
-    not timed. When the timed rounds already ran that way, their first pair is the check."""
-    if not first_round[0]["lora"]["lora_dropout"] and first_round[0]["precision"] == "32-true":
+    """The loss check's runs: this project and the peer with every dropout off and float32 throughout
+    (the peer takes both from this project's run), on the timed rounds' batches (the same seed), not
+    timed. When the timed rounds already ran that way, their first pair is the check."""
+    if first_round[0].get("no_dropout") and first_round[0]["precision"] == "32-true":
         return first_round
-    flags = ["--model.lora_dropout", "0.0", "--trainer.precision", "32-true"]
+    flags = ["--model.lora_dropout", "0.0", "--trainer.precision", "32-true", "--no-dropout"]
     mine = run_worker(args, "ours", work / "check-ours.json", flags=flags)
-    print(f"loss check, LoRA dropout 0, float32: ours {mine['tokens_per_s']:.1f} tokens/s", flush=True)
+    print(f"loss check, every dropout off, float32: ours {mine['tokens_per_s']:.1f} tokens/s", flush=True)
     return mine, run_worker(args, "theirs", work / "check-theirs.json", work / "check-ours.json")
 
 
@@ -422,7 +449,7 @@ def compare(args) -> str:
     pairs = list(zip(results["ours"], results["theirs"])) + [check]
     same_batches = all(o["rows"] == ours0["rows"] for o, _ in pairs)
     gaps = [curve_gap(o["losses"], t["losses"]) for o, t in pairs]  # the timed rounds', then the check pair's
-    first_gap = max(abs(o["losses"][0] - t["losses"][0]) for o, t in pairs)
+    first_gap = abs(check[0]["losses"][0] - check[1]["losses"][0])  # the timed rounds' models round and drop
     complete = all(len(r["losses"]) == ours0["max_steps"] for pair in pairs for r in pair)
     checksums = [r["init_checksum"] for pair in pairs for r in pair]
     same_init = max(checksums) - min(checksums) <= 1e-4 * max(checksums)  # LoRA A drawn in float32, rounded to bf16
@@ -470,7 +497,7 @@ def compare(args) -> str:
         f"speed ratio (median tokens/s, lora_lightning / Trainer + PEFT): **{ratio:.2f}x**",
         "",
         f"Loss per step (nats per completion token): round 1 (LoRA dropout {dropout}) and the check pair "
-        "(LoRA dropout 0 and float32 throughout on both sides)",
+        "(every dropout off and float32 throughout on both sides)",
         "",
         "| step | lora_lightning | Trainer + PEFT | difference | check: lora_lightning | check: Trainer + PEFT | "
         "check: difference |",
@@ -486,7 +513,7 @@ def compare(args) -> str:
         f"{'yes (up to the rounding of LoRA A to the base dtype by peft)' if same_init else 'NO'}",
         f"largest per-step difference of the timed rounds (LoRA dropout {dropout}, each side its own masks; "
         f"shown, not checked): {', '.join(f'{g:.4f}' for g in gaps[:-1])}",
-        f"loss check (LoRA dropout 0 and float32 throughout on both sides): first step {first_gap:.4f} in every run "
+        f"loss check (every dropout off and float32 throughout on both sides): first step {first_gap:.4f} "
         f"(tolerance {FIRST_STEP_TOLERANCE}), largest per-step difference {gaps[-1]:.4f} (tolerance {LOSS_TOLERANCE}): "
         f"**{'PASS' if passed else 'FAIL'}**",
     ]
@@ -609,6 +636,7 @@ def main() -> None:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--old-head", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--torch-dropout", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-dropout", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

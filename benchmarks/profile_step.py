@@ -102,7 +102,13 @@ class StepProfiler(Callback):
                         "steps": self.steps,
                         "tokens": self.tokens,
                         "sums": sums,
-                        "top_kernels": top_kernels(events),
+                        "top_kernels": top_events(events, lambda e: is_compiled_kernel(e.name)),
+                        "top_eager": top_events(
+                            events, lambda e: category(e, getattr(peft, "r", None), vocab) == "elementwise (eager)"
+                        ),
+                        "top_scopes": top_events(
+                            events, lambda e: category(e, getattr(peft, "r", None), vocab) is None
+                        ),
                         "target_modules": sorted(getattr(peft, "target_modules", []) or []),
                         "compile": bool(hp.get("compile")),
                         "r": getattr(peft, "r", None),
@@ -164,11 +170,11 @@ def categorize(events, rank: int | None, vocab: int) -> dict[str, dict[str, floa
     return dict(sums)
 
 
-def top_kernels(events, count: int = 8) -> list[tuple[str, float]]:
-    """The compiled kernels with the most own time: ``[(name, seconds), ...]``, most first."""
+def top_events(events, keep, count: int = 8) -> list[tuple[str, float]]:
+    """The events ``keep(event)`` selects with the most own time: ``[(name, seconds), ...]``, most first."""
     sums: dict[str, float] = defaultdict(float)
     for event in events:
-        if is_compiled_kernel(event.name):
+        if keep(event):
             sums[event.name] += event.self_cpu_time_total / 1e6
     return sorted(sums.items(), key=lambda item: -item[1])[:count]
 
@@ -221,12 +227,16 @@ def table(record: dict, peak_flops: float | None) -> str:
     lines.append(
         f"| **step** | {wall / steps:.3f} | 100% | {total_flops / steps / 1e9:,.1f} | {total_flops / wall / 1e9:,.0f} |"
     )
-    kernels = record.get("top_kernels") or []
-    if kernels:
-        lines.append(
-            "\nCompiled kernels with the most time (s per step): "
-            + "; ".join(f"{name} {seconds / steps:.3f}" for name, seconds in kernels)
-        )
+    for key, title in (
+        ("top_kernels", "Compiled kernels"),
+        ("top_eager", "Eager operators"),
+        ("top_scopes", "Scopes outside any operator (their own time is part of the framework's share)"),
+    ):
+        if record.get(key):
+            lines.append(
+                f"\n{title} with the most time (s per step): "
+                + "; ".join(f"{name} {seconds / steps:.3f}" for name, seconds in record[key])
+            )
     tokens_s = record["tokens"] / wall
     tail = f"\n{tokens_s:,.0f} tokens/s over the profiled steps (the profiler adds its own overhead)"
     if peak_flops:
