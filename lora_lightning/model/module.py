@@ -154,7 +154,7 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
             return
         self.connect_data()  # setup() has, unless configure_model is called alone
         device, sharded = self.trainer.strategy.root_device, self.device_mesh is not None
-        if self.trainer.state.fn == TrainerFn.FITTING:
+        if self.settings.attn_implementation and self.trainer.state.fn == TrainerFn.FITTING:
             check_attention_trains(self.settings.attn_implementation, device)  # before the base loads
         built = build_model(self.settings, self.tokenizer.pad_token_id, self.trainer.precision, device, sharded)
         self.model, self.base_model_path, self.rewritten_base = built.model, built.base_path, built.rewritten
