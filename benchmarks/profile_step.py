@@ -94,7 +94,8 @@ class StepProfiler(Callback):
             peft = pl_module.model.peft_config["default"]
             vocab = pl_module.model.get_input_embeddings().weight.shape[0]
             events = self.profiler.events()
-            sums = categorize(events, getattr(peft, "r", None), vocab)
+            rank = getattr(peft, "r", None)
+            sums = categorize(events, rank, vocab)
             Path(self.out).write_text(
                 json.dumps(
                     {
@@ -103,15 +104,11 @@ class StepProfiler(Callback):
                         "tokens": self.tokens,
                         "sums": sums,
                         "top_kernels": top_events(events, lambda e: is_compiled_kernel(e.name)),
-                        "top_eager": top_events(
-                            events, lambda e: category(e, getattr(peft, "r", None), vocab) == "elementwise (eager)"
-                        ),
-                        "top_scopes": top_events(
-                            events, lambda e: category(e, getattr(peft, "r", None), vocab) is None
-                        ),
+                        "top_eager": top_events(events, lambda e: category(e, rank, vocab) == "elementwise (eager)"),
+                        "top_scopes": top_events(events, lambda e: category(e, rank, vocab) is None),
                         "target_modules": sorted(getattr(peft, "target_modules", []) or []),
                         "compile": bool(hp.get("compile")),
-                        "r": getattr(peft, "r", None),
+                        "r": rank,
                     }
                 )
             )
