@@ -115,7 +115,9 @@ def test_blocks_found_after_fsdp2_renames_their_class(tiny_models):
 def test_one_graph_traced_once_serves_every_block_under_lora(tiny_models, examples, dynamo_on):
     """Old code traced two graphs (the first block's input, the frozen embedding's output, needs no
     gradient; dynamo guards on it) and restarted its analysis once over float constants: about twice
-    the first step's compile. Now the first block runs eager and floats are specialized."""
+    the first step's compile. Then the first block ran eager (torch's dropout, eager activations);
+    now it gets its input as a leaf that requires gradients and runs the one graph, and floats are
+    specialized."""
     from torch._dynamo.utils import compilation_time_metrics
 
     rows, pad = examples
@@ -131,10 +133,14 @@ def test_one_graph_traced_once_serves_every_block_under_lora(tiny_models, exampl
     )
     compilation_time_metrics.clear()
     compile_blocks(module.model, "cpu")
+    first = blocks[0].forward
+    compiled_calls = []
+    first.compiled = lambda *a, _run=first.compiled, **kw: compiled_calls.append(1) or _run(*a, **kw)
     graphs = dynamo_on["stats"]["unique_graphs"]  # the counters outlive dynamo's reset: count from here
     for batch in (PackingCollator(pad, 256)(rows[:8]), PackingCollator(pad, 256)(rows[8:13])):
         loss_and_grads(module, batch)
     assert hidden_needs_grad and not any(hidden_needs_grad)  # the case that made a second graph
+    assert len(compiled_calls) == 2  # the first block ran compiled at both steps
     assert dynamo_on["stats"]["unique_graphs"] - graphs == 1
     assert "compile_attempt_0" in compilation_time_metrics and "compile_attempt_1" not in compilation_time_metrics
 

@@ -10,10 +10,13 @@ a minute of compiling on a 2-core CPU (inductor caches what it built, so later r
 Why blocks: the blocks of a model share one code path, so dynamo traces and compiles it once for all
 of them, with dynamic shapes (packed rows change length every batch; one graph serves every
 length); embeddings, the mask, the head and the loss stay eager (they vary by model, gain little).
-Why only blocks whose input carries gradients: under LoRA the first block's input (the frozen
+Why the first block's input is made to carry gradients: under LoRA that input (the frozen
 embedding's output) needs no gradient and every later block's does; dynamo guards on that, so the
-first block alone would trace and compile a second graph (SmolLM2-135M, 2-core CPU, empty cache:
-90 s of compiling with it, 68 s without, 59 s once floats are specialized too). That block runs eager.
+first block as it is would trace and compile a second graph (SmolLM2-135M, 2-core CPU, empty cache:
+90 s of compiling with it, 68 s without, 59 s once floats are specialized too). Run eager instead, it
+drew its dropout masks with torch's generator and kept eager activations. So a block with trainable
+weights gets its input as a detached leaf that requires gradients: the one graph serves it, and
+backward computes one gradient it throws away (the block's input, a few matmuls of one block).
 Why dropout changes on CPU: inductor draws a CPU dropout mask one Philox engine per element, which
 made LoRA dropout half of an all-linear step; compiled blocks draw it with a counter-based hash
 instead, the same distribution (model.counter_dropout).
@@ -54,8 +57,8 @@ def has_cpp_compiler() -> bool:
 
 
 class TrainingCompiled:
-    """A block's ``forward``: compiled while the block trains with gradients on and its input carries
-    gradients, eager otherwise."""
+    """A block's ``forward``: compiled while the block trains with gradients on and has trainable
+    weights, eager otherwise."""
 
     def __init__(self, block: torch.nn.Module, options: dict[str, Any] | None = None, memory_budget: float = 1.0):
         self.block, self.eager = block, block.forward
@@ -68,10 +71,18 @@ class TrainingCompiled:
         self.compiled = functorch_config.patch(partitioner)(compiled)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not (self.block.training and torch.is_grad_enabled()):
+            return self.eager(*args, **kwargs)
         hidden = args[0] if args else kwargs.get("hidden_states")
-        carries_grad = not isinstance(hidden, torch.Tensor) or hidden.requires_grad
-        run = self.compiled if self.block.training and torch.is_grad_enabled() and carries_grad else self.eager
-        return run(*args, **kwargs)
+        if isinstance(hidden, torch.Tensor) and not hidden.requires_grad:
+            if not any(p.requires_grad for p in self.block.parameters()):
+                return self.eager(*args, **kwargs)  # nothing to train here: no graph, no backward
+            hidden = hidden.detach().requires_grad_()  # the graph every later block uses (module docstring)
+            if args:
+                args = (hidden, *args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": hidden}
+        return self.compiled(*args, **kwargs)
 
 
 # inductor's options for CPU blocks. Their dropout masks come from a counter-based hash of one seed per
