@@ -191,6 +191,21 @@ def test_a_memory_budget_keeps_fewer_activations_for_the_same_gradients(tiny_mod
             torch.testing.assert_close(grads[name][key], grad, rtol=1e-4, atol=1e-6, msg=f"{name}: {key}")
 
 
+def test_lora_dropout_keeps_nothing_more_for_backward(tiny_models, examples, dynamo_on):
+    """Compiled CPU blocks recompute each adapter's dropped-out input in backward from one seed
+    (model.counter_dropout): all-linear LoRA with dropout keeps what it keeps without (the seeds
+    aside). Old code kept a dropped-out copy of the input per adapter: q, k, v, o, gate, up and down."""
+    batch = two_packed_batches(examples)[0]
+    saved = {}
+    for p in (0.0, 0.1):
+        torch._dynamo.reset()
+        module = lora_module(tiny_models["llama"], target_modules="all-linear", lora_dropout=p)
+        module.model.train()
+        compile_blocks(module.model, "cpu")
+        saved[p] = saved_activation_bytes(module, batch)
+    assert saved[0.1] <= saved[0.0] + 1024, saved
+
+
 def test_a_memory_budget_outside_zero_to_one_is_one_line(tiny_models):
     from lora_lightning.errors import UserInputError
 

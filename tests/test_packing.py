@@ -19,10 +19,10 @@ from lora_lightning.model.building import build_model
 from lora_lightning.model.packing import check_packing
 
 
-def lora_module(folder, attn="sdpa", completion_only_head=True, **keys):
+def lora_module(folder, attn="sdpa", completion_only_head=True, lora_dropout=0.0, **keys):
     torch.manual_seed(0)
     module = LoRAModule(
-        model_name=str(folder), lora_r=4, lora_dropout=0.0, completion_only_head=completion_only_head, **keys
+        model_name=str(folder), lora_r=4, lora_dropout=lora_dropout, completion_only_head=completion_only_head, **keys
     )
     module.model = build_model(module.settings, None).model  # float32, as under 32-true
     module.model.get_base_model().set_attn_implementation(attn)

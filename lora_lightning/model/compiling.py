@@ -96,7 +96,14 @@ COMPILE_OPTIONS: dict[str, Any] = {"fallback_random": True}
 # value that backward must write out anyway (a grouped-query attention's keys and values repeated per
 # head, from the unrepeated ones): on the bench workload (SmolLM2-135M) malloc's peak is then 2,169
 # instead of 2,324 MB and peak RSS about 250 MB lower, at the same tokens/s (docs/performance.md).
-PARTITIONER_OPTIONS: dict[str, Any] = {"ban_recompute_materialized_backward": False}
+# ``ban_recompute_used_far_apart`` off lets it recompute the MLP's product SiLU(gate) x up, which
+# down's dropout (a region it must recompute, model.counter_dropout) reads, from the gate and up
+# outputs it keeps anyway; with the ban it kept that product in float32 instead (11.5 MB per block
+# on a bench batch, where down's dropped-out input had been 5.8 MB in bfloat16).
+PARTITIONER_OPTIONS: dict[str, Any] = {
+    "ban_recompute_materialized_backward": False,
+    "ban_recompute_used_far_apart": False,
+}
 
 
 def check_memory_budget(budget: float) -> None:

@@ -55,38 +55,23 @@ def keep_mask(like: torch.Tensor, p: float, seed: torch.Tensor, counter: torch.T
     return uniform >= round(p * (1 << _BITS))
 
 
-def _mask_again(like: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
-    """:func:`keep_mask` again, its counter written another way (1..n minus 1): the same values, but
-    graph passes that merge equal expressions do not merge it with the forward's mask. Merged, the
-    partitioner keeps the forward's bool mask for backward (1 byte per element, and inductor's CPU
-    store of a bool mask is slow: about 120 M elements/s against 800 M/s for the hash itself)."""
-    counter = torch.arange(1, like.numel() + 1, dtype=torch.int64, device=like.device).view(like.shape) - 1
-    return keep_mask(like, p, seed, counter)
-
-
-class _Dropout(torch.autograd.Function):
-    """Dropout that keeps only its seed for backward and draws the same mask again there."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-        return x * keep_mask(x, p, seed) * (1.0 / (1.0 - p))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, seed, ctx.p = inputs
-        ctx.save_for_backward(seed)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (seed,) = ctx.saved_tensors
-        return grad * _mask_again(grad, ctx.p, seed) * (1.0 / (1.0 - ctx.p)), None, None
+def _dropped(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    return x * keep_mask(x, p, seed) * (1.0 / (1.0 - p))
 
 
 def counter_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``F.dropout(x, p, training=True)`` in distribution, with the mask from :func:`keep_mask`; for
-    backward it keeps one seed instead of a mask."""
+    """``F.dropout(x, p, training=True)`` in distribution, with the mask from :func:`keep_mask`.
+
+    For backward it keeps one seed and ``x`` (which the layer's input is anyway), never the mask or the
+    dropped-out tensor: the product is a checkpointed region, which inductor's partitioner must
+    recompute in backward from the seed (integer ops fused into the kernels that use it). Saved, the
+    dropped-out input of every adapter cost a tensor per adapter per block: q, k and v (and gate and
+    up) each kept their own copy of one input, down its own of the MLP's widest activation. On the
+    bench workload (SmolLM2-135M, all-linear LoRA) peak RSS went from about 3.0 to 2.3 GB
+    (docs/performance.md). The region holds no random op (the seed is drawn outside), so it needs no
+    RNG state of its own."""
     seed = torch.randint(-(1 << 62), 1 << 62, (), dtype=torch.int64, device=x.device)
-    return _Dropout.apply(x, seed, p)
+    return torch.utils.checkpoint.checkpoint(_dropped, x, seed, p, use_reentrant=False, preserve_rng_state=False)
 
 
 class CounterDropout(torch.nn.Dropout):
