@@ -82,8 +82,9 @@ class LoRAModule(DataConnection, EvaluationSteps, TrainableCheckpointing, Lightn
             float16 under ``16-*``, else float32. The adapter and its optimizer state stay float32.
         trust_remote_code: Allow model code from the model's repository to run. Off unless you trust it.
         attn_implementation: The attention kernel transformers runs: ``sdpa`` (its default),
-            ``eager`` (plain matmuls and softmax, which compiled blocks fuse; it keeps the attention
-            weights for backward: more memory; docs/performance.md), or on GPUs
+            ``eager`` (plain matmuls and softmax, which compiled blocks fuse: faster on CPU, and with
+            ``compile_memory_budget`` 0.8 about as little memory; configs/default.yaml sets both;
+            docs/performance.md), or on GPUs
             ``flash_attention_2`` / ``flex_attention``, which skip the other examples of a packed row.
             null: the model's default. Packed rows are checked to stay apart whatever the kernel.
         base_cache_dir: Where GGUF models are cached as safetensors after their first conversion.
