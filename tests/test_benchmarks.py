@@ -81,7 +81,8 @@ def test_option_variants_run(real_rows, tiny_models, tmp_path):
     table = (tmp_path / "variants.md").read_text()
     options = ("default", "fp32 (32-true", "float32 base", "old head", "dropout masks from inductor", "LoRA dropout 0")
     options += ("LoRA on attention only", "full fine-tuning (model.lora false", "full-logits head")
-    for option in (*options, "gradient checkpointing", "eager attention", "eager (model.compile false)"):
+    options += ("compiled blocks keep what is fastest", "sdpa attention")  # flip the default config's choices back
+    for option in (*options, "gradient checkpointing", "eager (model.compile false)"):
         assert f"| {option}" in table
     assert "packing" in table  # a row, or the line saying this version has no data.packing
     assert f"from {SHARED_DATA}" in table  # the real rows
